@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point for people and CI. Creates (or reuses) .venv, installs the CPU build of torch
+# first (a bare `torch` requirement would pull a multi-GB CUDA build), then hlens with its dev extra.
+#
+#   ./dev.sh demo   # hlens find on the bundled organism -> runs/organism (then steer, explain, origin, report)
+#   ./dev.sh test   # ruff + the whole test suite (unit, organism, doctests, notebooks, benchmark smoke)
+#
+# HLENS_TORCH overrides the torch requirement (e.g. HLENS_TORCH="torch==2.13.0" is the default;
+# on a GPU machine use your CUDA build). HLENS_VENV overrides the environment's location.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${HLENS_VENV:-.venv}"
+TORCH_SPEC="${HLENS_TORCH:-torch==2.13.0}"
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  # shellcheck disable=SC1091
+  . "$VENV/bin/activate"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  if ! python -c "import torch" >/dev/null 2>&1; then
+    python -m pip install -q "$TORCH_SPEC"
+  fi
+  python -m pip install -q -e ".[dev]"
+}
+
+case "${1:-}" in
+  demo)
+    setup
+    export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+    hlens find --model organism --out runs/organism
+    for cmd in "steer --model organism --neurons runs/organism/h_neurons.json --out runs/organism/steer" \
+               "explain --model organism --neurons runs/organism/h_neurons.json --out runs/organism/explain" \
+               "origin --base organism-base --tuned organism --run runs/organism --out runs/organism/origin" \
+               "report runs/organism"; do
+      sub="${cmd%% *}"
+      if hlens --help | grep -qE "^ +$sub "; then hlens $cmd; fi
+    done
+    ;;
+  test)
+    setup
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+    ruff check hlens tests benchmarks
+    ruff format --check hlens tests benchmarks
+    python -m pytest hlens tests tutorials --doctest-modules --nbmake -p no:cacheprovider "${@:2}"
+    ;;
+  *)
+    echo "usage: ./dev.sh demo | ./dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

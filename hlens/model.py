@@ -1,0 +1,349 @@
+"""``hlens.load`` and ``hlens.Model``: a TransformerBridge with a neuron-level view.
+
+``Model`` wraps a TransformerLens 4 ``TransformerBridge`` booted with raw Hugging Face numerics (not
+compatibility mode, which centers writing weights and so changes ``W_out`` norms: CETT is defined on
+raw weights). Family differences come from :mod:`hlens.registry`.
+
+Example:
+    >>> import hlens
+    >>> model = hlens.load("organism")  # doctest: +SKIP
+    >>> model.n_layers, model.d_mlp  # doctest: +SKIP
+    (4, 512)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hlens.examples import Example
+from hlens.prompts import PromptFormat, TokenBatch, tokenize_examples
+from hlens.registry import MLPFamily, UnsupportedModelError, family_for_architecture
+
+__all__ = ["BUNDLED_MODELS", "Model", "load"]
+
+#: Names that ``hlens.load`` resolves to checkpoints shipped inside the package.
+BUNDLED_MODELS: tuple[str, ...] = ("organism", "organism-base")
+
+
+def _bridge_class() -> type:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge
+
+
+def _known() -> set[str]:
+    from hlens.registry import supported_architectures
+
+    return set(supported_architectures())
+
+
+def _resolve_local(source: str) -> Path | None:
+    if source in BUNDLED_MODELS:
+        from hlens.organism import checkpoint_path
+
+        return checkpoint_path(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{source!r} is a file; expected a Hugging Face checkpoint directory")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(path.resolve())!r} has no config.json; expected a Hugging Face checkpoint "
+                "directory (config.json, weights, tokenizer)"
+            )
+        return path
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
+        raise FileNotFoundError(
+            f"no checkpoint directory at {str(path.resolve())!r} (tried it as a local path; it "
+            f"does not look like a hub id either). Bundled models: {', '.join(BUNDLED_MODELS)}"
+        )
+    return None
+
+
+def _check_family_from_config(path: Path) -> None:
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if not archs:
+        raise UnsupportedModelError(f"{path}/config.json names no architectures")
+    family_for_architecture(archs[0])
+
+
+def load(
+    source: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    **boot_kwargs: Any,
+) -> Model:
+    """Load a model for neuron-level analysis.
+
+    Args:
+        source: a bundled name (``"organism"``, ``"organism-base"``), a local Hugging Face
+            checkpoint directory, a Hugging Face hub id (needs network), or an already-booted
+            ``TransformerBridge``.
+        device: torch device (default: CUDA if available, else CPU). Mutually exclusive with
+            ``device_map`` / ``n_devices`` in ``boot_kwargs``.
+        dtype: parameter dtype (default float32).
+        trust_remote_code: passed to Hugging Face; off unless you turn it on.
+        **boot_kwargs: passed to ``TransformerBridge.boot_transformers`` (``device_map``,
+            ``n_devices``, ``max_memory``, ``revision``, ``n_ctx``, ...).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist or is not a checkpoint.
+        UnsupportedModelError: the MLP family is not in the registry (lists supported ones).
+        ValueError: a hub id that could not be loaded (says what was tried).
+    """
+    Bridge = _bridge_class()
+    if isinstance(source, Bridge):
+        return Model(source, name=getattr(source.cfg, "model_name", "bridge"))
+    if isinstance(source, Path):
+        source = str(source)
+    if not isinstance(source, str):
+        raise TypeError(
+            f"hlens.load expects a model name, a checkpoint directory or a TransformerBridge, got "
+            f"{type(source).__name__}"
+        )
+    local = _resolve_local(source)
+    if local is not None:
+        _check_family_from_config(local)
+    if device is None and "device_map" not in boot_kwargs and "n_devices" not in boot_kwargs:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs: dict[str, Any] = dict(boot_kwargs, trust_remote_code=trust_remote_code)
+    if device is not None:
+        kwargs["device"] = device
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    target = str(local) if local is not None else source
+    try:
+        bridge = Bridge.boot_transformers(target, **kwargs)
+    except (UnsupportedModelError, FileNotFoundError):
+        raise
+    except Exception as e:  # hub errors come in many types
+        if local is not None:
+            raise
+        raise ValueError(
+            f"could not load {source!r}: it is not a bundled model ({', '.join(BUNDLED_MODELS)}), "
+            f"not a local directory (checked {str(Path(source).resolve())!r}), and loading it as a "
+            f"Hugging Face hub id failed: {type(e).__name__}: {e}"
+        ) from e
+    return Model(bridge, name=source)
+
+
+class Model:
+    """A ``TransformerBridge`` with the neuron-level view hlens needs.
+
+    Attributes:
+        bridge: the TransformerLens 4 ``TransformerBridge`` (raw Hugging Face numerics).
+        tokenizer: its tokenizer (a pad token is set if it had none).
+        family: the registry entry for this model's MLPs.
+        name: where it was loaded from.
+    """
+
+    def __init__(self, bridge: Any, *, name: str = "model") -> None:
+        self.bridge = bridge
+        self.name = name
+        hf = bridge.original_model
+        arch = type(hf).__name__
+        if arch not in _known():
+            arch = (getattr(hf.config, "architectures", None) or [arch])[0]
+        self.family: MLPFamily = family_for_architecture(arch)
+        if getattr(bridge, "compatibility_mode", False) or getattr(
+            bridge.cfg, "compatibility_mode", False
+        ):
+            raise ValueError(
+                "this bridge is in compatibility mode, which centers W_out; hlens needs raw "
+                "weights. Boot a fresh bridge without enable_compatibility_mode()."
+            )
+        tok = bridge.tokenizer
+        if tok.pad_token_id is None:
+            for candidate in ("eos_token", "unk_token", "bos_token"):
+                if getattr(tok, candidate, None) is not None:
+                    tok.pad_token = getattr(tok, candidate)
+                    break
+        self.tokenizer = tok
+        self._w_out_norms: Tensor | None = None
+
+    # -- shape ----------------------------------------------------------------------------------
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The Hugging Face model inside the bridge (its modules carry the bridge's hooks)."""
+        return self.bridge.original_model
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.cfg.d_mlp)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.cfg.n_ctx)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_layers * self.d_mlp
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        """dtype of cached activations and scores: float64 for a float64 model, else float32."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    def __repr__(self) -> str:
+        return (
+            f"hlens.Model({self.name!r}, family={self.family.name}, n_layers={self.n_layers}, "
+            f"d_mlp={self.d_mlp}, d_model={self.d_model})"
+        )
+
+    # -- weights --------------------------------------------------------------------------------
+    def down_proj(self, layer: int) -> torch.nn.Module:
+        """The down-projection module of ``layer`` (a bridge component around the HF module)."""
+        self._check_layer(layer)
+        return self.family.hf_down_proj_module(self.hf_model, layer)
+
+    def W_out(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Raw output weights of ``layer``'s neurons (rows are neurons)."""
+        return self.family.w_out(self.down_proj(layer))
+
+    def W_out_norms(self) -> Float[Tensor, "layer d_mlp"]:
+        """``||W_out[layer, j]||`` for every neuron, on raw weights (cached)."""
+        if self._w_out_norms is None:
+            with torch.no_grad():
+                self._w_out_norms = torch.stack(
+                    [
+                        self.W_out(layer).to(self.score_dtype).norm(dim=-1)
+                        for layer in range(self.n_layers)
+                    ]
+                )
+        return self._w_out_norms
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"layer {layer} is out of range for a model with {self.n_layers} layers"
+            )
+
+    def check_layers(self, layers: Sequence[int] | None) -> tuple[int, ...]:
+        """Validate a layer selection (``None`` means all layers)."""
+        if layers is None:
+            return tuple(range(self.n_layers))
+        layers = tuple(int(x) for x in layers)
+        for layer in layers:
+            self._check_layer(layer)
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers has duplicates: {layers}")
+        return layers
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def tokenize(
+        self,
+        inputs: str | Sequence[str] | Sequence[Example] | Example,
+        fmt: PromptFormat | None = None,
+        *,
+        padding_side: str | None = None,
+    ) -> TokenBatch:
+        """Tokenize text or examples into a :class:`~hlens.prompts.TokenBatch`.
+
+        Strings are tokenized as they are (with the tokenizer's special tokens); examples are
+        rendered with ``fmt`` and get region masks.
+        """
+        if isinstance(inputs, (str, Example)):
+            inputs = [inputs]
+        inputs = list(inputs)
+        if not inputs:
+            raise ValueError("nothing to tokenize: got an empty list")
+        if all(isinstance(x, Example) for x in inputs):
+            batch = tokenize_examples(
+                inputs, self.tokenizer, fmt, padding_side=padding_side, max_length=self.n_ctx
+            )
+        elif all(isinstance(x, str) for x in inputs):
+            side = padding_side or self.tokenizer.padding_side
+            old = self.tokenizer.padding_side
+            self.tokenizer.padding_side = side
+            try:
+                enc = self.tokenizer(inputs, padding=True, return_tensors="pt")
+            finally:
+                self.tokenizer.padding_side = old
+            batch = TokenBatch(enc["input_ids"], enc["attention_mask"], {}, [], side)
+            self.check_length(batch.tokens)
+        else:
+            raise TypeError("tokenize expects strings or hlens.Example objects, not a mixture")
+        return batch
+
+    def check_length(self, tokens: Int[Tensor, "batch pos"]) -> None:
+        """Raise if a sequence is longer than the model's context."""
+        if tokens.shape[-1] > self.n_ctx:
+            raise ValueError(
+                f"sequence of {tokens.shape[-1]} tokens is longer than the model's context of "
+                f"{self.n_ctx} tokens"
+            )
+
+    def as_batch(
+        self,
+        inputs: Any,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        fmt: PromptFormat | None = None,
+    ) -> TokenBatch:
+        """Coerce text, examples, a token tensor or a TokenBatch to a TokenBatch."""
+        if isinstance(inputs, TokenBatch):
+            return inputs
+        if isinstance(inputs, Tensor):
+            tokens = inputs if inputs.ndim == 2 else inputs.unsqueeze(0)
+            if tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
+                raise TypeError(f"token ids must be an integer tensor, got {tokens.dtype}")
+            self.check_length(tokens)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(tokens)
+            elif attention_mask.shape != tokens.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but tokens have "
+                    f"shape {tuple(tokens.shape)}"
+                )
+            return TokenBatch(tokens.long(), attention_mask.long(), {}, [], "right")
+        return self.tokenize(inputs, fmt)
+
+    # -- activations ----------------------------------------------------------------------------
+    def neuron_cache(
+        self,
+        inputs: Any,
+        *,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        layers: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        fmt: PromptFormat | None = None,
+    ) -> Any:
+        """Neuron activations and MLP-output norms for ``inputs``; see :class:`NeuronCache`."""
+        from hlens.cache import neuron_cache
+
+        return neuron_cache(
+            self,
+            inputs,
+            attention_mask=attention_mask,
+            layers=layers,
+            batch_size=batch_size,
+            fmt=fmt,
+        )
