@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,12 +134,29 @@ def right_align(
     return tokens.gather(1, src), attention_mask.gather(1, src), index
 
 
-def run_forward(model: Any, batch: TokenBatch, *, stop_at_layer: int | None = None) -> None:
-    """One forward pass over ``batch`` (no logits kept), stopping early when possible."""
-    kwargs: dict[str, Any] = {"attention_mask": batch.attention_mask.to(model.device)}
-    if stop_at_layer is not None and stop_at_layer < model.n_layers:
-        kwargs["stop_at_layer"] = stop_at_layer
-    model.bridge(batch.tokens.to(model.device), return_type=None, **kwargs)
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once everything needed has been seen."""
+
+
+def run_forward(model: Any, batch: TokenBatch, *, stop_after_layer: int | None = None) -> None:
+    """One forward pass over ``batch``, computing no logits.
+
+    With ``stop_after_layer``, the pass ends as soon as that layer's MLP output exists: later
+    attention, MLPs, the final norm and the unembedding (a large matmul for big vocabularies) are
+    skipped.
+    """
+    tokens = batch.tokens.to(model.device)
+    mask = batch.attention_mask.to(model.device)
+    if stop_after_layer is None:
+        model.bridge(tokens, return_type=None, attention_mask=mask)
+        return
+
+    def stop(tensor: Tensor, *, hook: Any) -> Tensor:
+        raise _StopForward
+
+    hooks = [(model.family.output_hook(stop_after_layer), stop)]
+    with model.bridge.hooks(fwd_hooks=hooks), contextlib.suppress(_StopForward):
+        model.bridge(tokens, return_type=None, attention_mask=mask)
 
 
 def neuron_cache(
@@ -185,7 +203,7 @@ def neuron_cache(
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             tokens, mask, index = right_align(batch.tokens[rows], batch.attention_mask[rows])
-            run_forward(model, TokenBatch(tokens, mask), stop_at_layer=max(layers) + 1)
+            run_forward(model, TokenBatch(tokens, mask), stop_after_layer=max(layers))
     mask = batch.attention_mask.bool()
     acts[~mask] = 0.0
     norms[~mask] = 0.0

@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from hlens._version import __version__
 from hlens.cache import neuron_hooks, run_forward
-from hlens.cett import aggregate_region, cett_from_parts
 from hlens.examples import Example
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
 
@@ -134,23 +133,25 @@ def features_for_batch(
     slot = {layer: i for i, layer in enumerate(layers)}
 
     def on_layer(layer: int, z: Tensor, h: Tensor) -> None:
-        scores = cett_from_parts(
-            z.to(dtype),
-            h.to(dtype).norm(dim=-1),
-            w_norms[layer].to(z.device),
-            use_abs=config.use_abs,
-            use_mag=config.use_mag,
-            eps=config.eps,
-        )
+        # CETT in one buffer, in place (never touching z, which the forward pass still uses)
+        s = z.to(dtype).abs() if config.use_abs else z.to(dtype).clone()
+        if config.use_mag:
+            s.mul_(w_norms[layer].to(s.device))
+        s.div_(h.to(dtype).norm(dim=-1, keepdim=True).add_(config.eps))
         for r, mask in masks.items():
-            out[r][:, slot[layer]] = aggregate_region(
-                scores, mask.to(z.device), config.method
-            ).cpu()
+            m = mask.to(s.device)
+            if config.method == "mean":
+                w = m.to(dtype)
+                agg = torch.einsum("bp,bpn->bn", w, s) / w.sum(1, keepdim=True)  # 0/0 -> NaN
+            else:
+                agg = s.masked_fill(~m[:, :, None], -torch.inf).amax(1)
+                agg[~m.any(1)] = torch.nan
+            out[r][:, slot[layer]] = agg.cpu()
 
     if batch.padding_side != "right":
         raise ValueError("features_for_batch needs a right-padded batch")
     with torch.no_grad(), neuron_hooks(model, layers, on_layer):
-        run_forward(model, batch, stop_at_layer=max(layers) + 1)
+        run_forward(model, batch, stop_after_layer=max(layers))
     return out
 
 
