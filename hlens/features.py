@@ -381,3 +381,80 @@ class FeatureStore:
                 )
             x = x[torch.tensor([index[i] for i in ids], dtype=torch.long)]
         return x.flatten(1) if flat else x
+
+
+# -- command line: `hlens features` (runs under torchrun too) -------------------------------------
+def read_examples(path: str | Path) -> list[Example]:
+    """Examples from a JSONL file of :meth:`Example.to_dict` records (as ``hlens find`` writes)."""
+    lines = Path(path).read_text().splitlines()
+    return [Example.from_dict(json.loads(line)) for line in lines if line.strip()]
+
+
+def write_examples(examples: Sequence[Example], path: str | Path) -> None:
+    """Write examples as JSONL (one :meth:`Example.to_dict` per line)."""
+    _atomic_write_text(Path(path), "".join(json.dumps(e.to_dict()) + "\n" for e in examples))
+
+
+def init_distributed() -> tuple[int, int, str | None]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns ``(rank, world_size, device)``: the device is ``cuda:{LOCAL_RANK}`` on GPU machines and
+    ``None`` (the caller's choice) otherwise. Uses NCCL on CUDA and gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+
+    device = None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def add_arguments(p: Any) -> None:
+    p.add_argument("--model", required=True, help="bundled name, checkpoint dir or hub id")
+    p.add_argument("--examples", required=True, help="JSONL of examples with answer spans")
+    p.add_argument("--out", required=True, help="feature directory (resumable)")
+    p.add_argument("--regions", nargs="+", default=list(CETTConfig().regions))
+    p.add_argument("--aggregation", choices=["mean", "max"], default="mean")
+    p.add_argument("--batch-size", type=int, default=CETTConfig().batch_size)
+    p.add_argument("--shard-size", type=int, default=CETTConfig().shard_size)
+    p.add_argument("--no-abs", action="store_true")
+    p.add_argument("--no-mag", action="store_true")
+    p.add_argument("--instruction", default="", help="text appended to each question")
+    p.add_argument("--device", default=None)
+
+
+def run(args: Any) -> int:
+    import hlens
+
+    rank, world, device = init_distributed()
+    model = hlens.load(args.model, device=device or args.device)
+    cfg = CETTConfig(
+        use_abs=not args.no_abs,
+        use_mag=not args.no_mag,
+        method=args.aggregation,
+        regions=tuple(args.regions),
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+    )
+    store = extract_features(
+        model,
+        read_examples(args.examples),
+        args.out,
+        cfg,
+        fmt=PromptFormat(instruction=args.instruction),
+        progress=rank == 0,
+    )
+    if store is not None:
+        print(f"{len(store.ids)} examples, regions {list(cfg.regions)} -> {store.path}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
