@@ -1,1 +1,4 @@
-"""hlens benchmarks: speed and memory targets as ratios measured in one run (``python -m benchmarks.run``)."""
+"""hlens benchmarks: speed and memory targets as ratios measured in one run.
+
+Run them with ``python -m benchmarks.run [--quick]``.
+"""

@@ -29,21 +29,43 @@ def word_tokenizer(vocab_size: int):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     hf.chat_template = CHAT_TEMPLATE
     return hf
 
 
-def random_llama(out: Path, *, n_layers: int, d_model: int, d_mlp: int, vocab: int, n_heads: int,
-                 n_kv: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+def random_llama(
+    out: Path,
+    *,
+    n_layers: int,
+    d_model: int,
+    d_mlp: int,
+    vocab: int,
+    n_heads: int,
+    n_kv: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Path:
     """Save a random Llama-architecture checkpoint with a matching tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp,
-                      num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                      num_key_value_heads=n_kv or n_heads, max_position_embeddings=4096,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv or n_heads,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.save_pretrained(out)

@@ -29,11 +29,23 @@ import torch
 from benchmarks._common import PeakMemory, qa_examples, random_llama
 
 SHAPES = {
-    "quick": dict(n_layers=4, d_model=128, d_mlp=512, vocab=2000, n_heads=4, n_examples=24, batch=8),
-    "cpu": dict(n_layers=16, d_model=512, d_mlp=2048, vocab=32000, n_heads=8, n_examples=96, batch=8),
+    "quick": dict(
+        n_layers=4, d_model=128, d_mlp=512, vocab=2000, n_heads=4, n_examples=24, batch=8
+    ),
+    "cpu": dict(
+        n_layers=16, d_model=512, d_mlp=2048, vocab=32000, n_heads=8, n_examples=96, batch=8
+    ),
     # Llama-3.1-8B's shape with random weights (GPU only)
-    "llama8b": dict(n_layers=32, d_model=4096, d_mlp=14336, vocab=128256, n_heads=32, n_kv=8,
-                    n_examples=128, batch=16),
+    "llama8b": dict(
+        n_layers=32,
+        d_model=4096,
+        d_mlp=14336,
+        vocab=128256,
+        n_heads=32,
+        n_kv=8,
+        n_examples=128,
+        batch=16,
+    ),
 }
 REGIONS = ("answer", "all_except_answer")
 
@@ -77,7 +89,10 @@ def _official(ckpt: Path, examples: list, device: str, dtype: torch.dtype) -> di
         c = (a.abs() * weight_norms.unsqueeze(1)) / (n + 1e-8)
         answer = c[:, a0:a1].mean(1)
         other = torch.cat([c[:, :a0], c[:, a1:]], dim=1).mean(1)
-        return {"answer": answer.float().cpu(), "all_except_answer": other.float().cpu()}, ids.shape[1]
+        return {
+            "answer": answer.float().cpu(),
+            "all_except_answer": other.float().cpu(),
+        }, ids.shape[1]
 
     one(examples[0])  # warm-up
     _sync(device)
@@ -92,11 +107,17 @@ def _official(ckpt: Path, examples: list, device: str, dtype: torch.dtype) -> di
                 feats[r].append(f[r])
         _sync(device)
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "tokens": n_tokens, "peak_bytes": mem.peak_bytes,
-            "features": {r: torch.stack(v) for r, v in feats.items()}}
+    return {
+        "seconds": seconds,
+        "tokens": n_tokens,
+        "peak_bytes": mem.peak_bytes,
+        "features": {r: torch.stack(v) for r, v in feats.items()},
+    }
 
 
-def _hlens(ckpt: Path, examples: list, device: str, dtype: torch.dtype, batch: int) -> dict[str, Any]:
+def _hlens(
+    ckpt: Path, examples: list, device: str, dtype: torch.dtype, batch: int
+) -> dict[str, Any]:
     import hlens
     from hlens.features import CETTConfig, extract_features
 
@@ -130,7 +151,9 @@ def _worker(args: argparse.Namespace) -> None:
         res = _official(Path(args.ckpt), examples, args.device, dtype)
     else:
         res = _hlens(Path(args.ckpt), examples, args.device, dtype, shape["batch"])
-    save_file({r: t.contiguous() for r, t in res.pop("features").items()}, args.out + ".safetensors")
+    save_file(
+        {r: t.contiguous() for r, t in res.pop("features").items()}, args.out + ".safetensors"
+    )
     Path(args.out + ".json").write_text(json.dumps(res))
 
 
@@ -139,7 +162,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).abs() / (b.abs() + 1e-5 * b.abs().mean())).max())
 
 
-def run(quick: bool = False, *, shape: str | None = None, device: str | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = False, *, shape: str | None = None, device: str | None = None
+) -> dict[str, Any]:
     """Run both approaches in subprocesses and return throughput and memory ratios."""
     from safetensors.torch import load_file
 
@@ -149,16 +174,39 @@ def run(quick: bool = False, *, shape: str | None = None, device: str | None = N
     dtype = "bfloat16" if shape == "llama8b" else "float32"
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model"
-        random_llama(ckpt, n_layers=s["n_layers"], d_model=s["d_model"], d_mlp=s["d_mlp"],
-                     vocab=s["vocab"], n_heads=s["n_heads"], n_kv=s.get("n_kv"),
-                     dtype=getattr(torch, dtype))
+        random_llama(
+            ckpt,
+            n_layers=s["n_layers"],
+            d_model=s["d_model"],
+            d_mlp=s["d_mlp"],
+            vocab=s["vocab"],
+            n_heads=s["n_heads"],
+            n_kv=s.get("n_kv"),
+            dtype=getattr(torch, dtype),
+        )
         res: dict[str, Any] = {}
         for who in ("official", "hlens"):
             out = str(Path(tmp) / who)
             subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_cett", "--worker", who, "--ckpt", str(ckpt),
-                 "--shape", shape, "--device", device, "--dtype", dtype, "--out", out],
-                check=True, cwd=Path(__file__).resolve().parents[1],
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench_cett",
+                    "--worker",
+                    who,
+                    "--ckpt",
+                    str(ckpt),
+                    "--shape",
+                    shape,
+                    "--device",
+                    device,
+                    "--dtype",
+                    dtype,
+                    "--out",
+                    out,
+                ],
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
             )
             res[who] = json.loads(Path(out + ".json").read_text())
             res[who]["features"] = load_file(out + ".safetensors")
@@ -170,14 +218,20 @@ def run(quick: bool = False, *, shape: str | None = None, device: str | None = N
         "device": device,
         "dtype": dtype,
         "tokens": res["hlens"]["tokens"],
-        "official": {"tokens_per_s": tps["official"], "peak_mb": res["official"]["peak_bytes"] / 2**20},
+        "official": {
+            "tokens_per_s": tps["official"],
+            "peak_mb": res["official"]["peak_bytes"] / 2**20,
+        },
         "hlens": {"tokens_per_s": tps["hlens"], "peak_mb": res["hlens"]["peak_bytes"] / 2**20},
         "throughput_ratio": tps["hlens"] / tps["official"],
         "peak_memory_ratio": res["hlens"]["peak_bytes"] / max(res["official"]["peak_bytes"], 1),
         "max_relative_error": err,
         "features_equal_1e-5": err <= 1e-5 if dtype == "float32" else None,
-        "targets": {"throughput_ratio": ">= 3", "peak_memory_ratio": "<= 0.5",
-                    "max_relative_error": "<= 1e-5 (float32)"},
+        "targets": {
+            "throughput_ratio": ">= 3",
+            "peak_memory_ratio": "<= 0.5",
+            "max_relative_error": "<= 1e-5 (float32)",
+        },
     }
     return out
 

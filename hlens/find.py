@@ -1,0 +1,547 @@
+"""Identify H-neurons: sample, judge, keep consistent questions, split, CETT, sparse probe.
+
+``hlens find`` (and :func:`find`) runs the paper's identification pipeline end to end and writes a
+run directory::
+
+    samples.jsonl            sampled responses (resumable)      consistency_samples.jsonl (official)
+    judgements.json          labels per sample, funnel          splits.json, qids_{train,test}.json
+    features/                CETT features (sharded, resumable) probe/ (safetensors + JSON)
+    h_neurons.json           NeuronSet of positive-weight neurons
+    summary.json             counts, metrics with intervals, baselines, C path
+
+Interrupting it loses at most one sampling batch or one feature shard; rerunning resumes.
+
+Example:
+    >>> result = find(FindConfig(model="organism"), "runs/organism")  # doctest: +SKIP
+    >>> result["h_neurons"]["count"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from hlens._version import __version__
+from hlens.examples import Example
+from hlens.features import (
+    CETTConfig,
+    FeatureStore,
+    extract_features,
+    init_distributed,
+    write_examples,
+)
+from hlens.judge import consistency_filter
+from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
+from hlens.sampling import SamplingConfig, sample_to_jsonl
+from hlens.sources import QuestionSource, get_source
+from hlens.splits import Splits, make_splits
+
+__all__ = ["FindConfig", "add_arguments", "find", "run"]
+
+
+@dataclass
+class FindConfig:
+    """Everything ``hlens find`` does, in one JSON-serialisable place.
+
+    Attributes:
+        model: what :func:`hlens.load` loads (bundled name, directory or hub id).
+        dataset: a registered source (``"organism"``, ``"triviaqa"``) or a JSONL/CSV path.
+        limit: use only the first ``limit`` questions (``None``: all).
+        sampling: how responses are sampled (paper: 10 samples, T=1, top_p 0.9, top_k 50).
+        cett: how features are computed (paper: |z|, ||W_out||, mean over the answer tokens).
+        instruction: appended to each question in the user turn (the paper's).
+        mode: probe training set, ``"3-vs-1"`` (paper) or ``"1-vs-1"``.
+        penalty: ``"l1"`` (paper; sparse) or ``"l2"``.
+        solver: ``"torch"`` (FISTA, GPU if present) or ``"liblinear"`` (scikit-learn).
+        Cs: C grid as multiples of the smallest C that selects any neuron (``C_min``).
+        c_rule: how C is picked on the validation split (``"auroc_1se"`` favours sparsity).
+        test_fraction: share of balanced question ids held out for testing.
+        val_fraction: share of the training ids used to pick C.
+        n_random_seeds: layer-matched random-neuron baselines.
+        n_boot: bootstrap resamples for intervals.
+        seed: seed for splits, baselines and bootstrap.
+        device: torch device for the model (default: CUDA if available).
+    """
+
+    model: str = "organism"
+    dataset: str = "organism"
+    limit: int | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cett: CETTConfig = field(default_factory=CETTConfig)
+    instruction: str = PAPER_INSTRUCTION
+    mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
+    penalty: Literal["l1", "l2"] = "l1"
+    solver: Literal["torch", "liblinear"] = "torch"
+    Cs: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0)
+    c_rule: Literal["best_auroc", "auroc_1se"] = "auroc_1se"
+    test_fraction: float = 0.25
+    val_fraction: float = 0.25
+    n_random_seeds: int = 5
+    n_boot: int = 1000
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.Cs = tuple(float(c) for c in self.Cs)
+        if not self.Cs or min(self.Cs) <= 1.0:
+            raise ValueError(f"Cs are multiples of C_min and must all be > 1, got {self.Cs}")
+        for name in ("test_fraction", "val_fraction"):
+            v = getattr(self, name)
+            if not 0 < v < 1:
+                raise ValueError(f"FindConfig.{name} must be in (0, 1), got {v}")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"FindConfig.limit must be positive or None, got {self.limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sampling"], d["cett"], d["Cs"] = (
+            self.sampling.to_dict(),
+            self.cett.to_dict(),
+            list(self.Cs),
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FindConfig:
+        d = dict(d)
+        if isinstance(d.get("sampling"), dict):
+            d["sampling"] = SamplingConfig.from_dict(d["sampling"])
+        if isinstance(d.get("cett"), dict):
+            d["cett"] = CETTConfig.from_dict(d["cett"])
+        if "Cs" in d:
+            d["Cs"] = tuple(float(c) for c in d["Cs"])
+        return cls(**d)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+def _sample(
+    model: Any,
+    questions: list[Example],
+    out: Path,
+    cfg: FindConfig,
+    fmt: PromptFormat,
+    name: str,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    prompts = [render(q, model.tokenizer, fmt).text for q in questions]
+    ids = [q.id for q in questions]
+    recs = sample_to_jsonl(
+        out / name, model.hf_model, model.tokenizer, prompts, ids, cfg.sampling, progress=progress
+    )
+    return {r["id"]: r for r in recs}
+
+
+def _judge_all(source_judge: Any, questions: list[Example], records: dict[str, dict[str, Any]]):
+    labels: dict[str, list[str]] = {}
+    spans: dict[str, list[Any]] = {}
+    for q in questions:
+        js = [source_judge(q, r) for r in records[q.id]["responses"]]
+        labels[q.id] = [j.label for j in js]
+        spans[q.id] = [j.span for j in js]
+    return labels, spans
+
+
+def _labelled_examples(questions, records, labels, spans, kept: dict[str, str]):
+    """One example per kept question: its first response, labelled, with the answer span."""
+    out, skipped = [], []
+    for q in questions:
+        if q.id not in kept:
+            continue
+        span = spans[q.id][0]
+        if span is None:
+            skipped.append({"id": q.id, "reason": "answer span not found"})
+            continue
+        out.append(
+            q.replace(response=records[q.id]["responses"][0], answer_span=span, label=kept[q.id])
+        )
+    return out, skipped
+
+
+def _c_min(X: torch.Tensor, y: np.ndarray) -> float:
+    """Smallest C at which liblinear's L1 objective selects any neuron (w = 0 is optimal below)."""
+    ypm = torch.as_tensor(2.0 * y - 1.0, dtype=X.dtype)
+    grad = (ypm @ X).abs().max().item() / 2.0
+    return 1.0 / grad if grad > 0 else 1.0
+
+
+def _flat(store: FeatureStore, region: str, ids: list[str]) -> torch.Tensor:
+    return store.load(region, ids, flat=True) if ids else torch.empty(0, math.prod(store.shape))
+
+
+def _finite_rows(X: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(X).all(dim=1)
+
+
+def _fit_probe(
+    store: FeatureStore,
+    splits: Splits,
+    groups: dict[str, str] | None,
+    cfg: FindConfig,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    from hlens.probe import NeuronProbe, build_training_set, c_path, select_C
+
+    n_layers, d_mlp = store.shape
+    val = make_splits(
+        splits.train_faithful,
+        splits.train_hallucinated,
+        test_fraction=cfg.val_fraction,
+        seed=cfg.seed + 1,
+        balance=False,
+        groups={i: groups[i] for i in splits.train_ids} if groups else None,
+    )
+
+    def training_set(faithful: list[str], halluc: list[str]):
+        f, h = _flat(store, "answer", faithful), _flat(store, "answer", halluc)
+        other = None
+        if cfg.mode == "3-vs-1":
+            other = _flat(store, "all_except_answer", faithful + halluc)
+            other = other[_finite_rows(other)]
+        return build_training_set(f, h, other, mode=cfg.mode)
+
+    def answer_set(faithful: list[str], halluc: list[str]):
+        X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", halluc)])
+        y = np.array([0] * len(faithful) + [1] * len(halluc), dtype=np.int64)
+        return X, y
+
+    params = dict(
+        penalty=cfg.penalty,
+        solver=cfg.solver,
+        n_layers=n_layers,
+        d_mlp=d_mlp,
+        random_state=cfg.seed,
+        max_iter=5000,
+    )
+    X_fit, y_fit = training_set(list(val.train_faithful), list(val.train_hallucinated))
+    X_val, y_val = answer_set(list(val.test_faithful), list(val.test_hallucinated))
+    c_min = _c_min(X_fit, y_fit) if cfg.penalty == "l1" else 1.0
+    Cs = [c_min * m for m in cfg.Cs]
+    path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
+    C = select_C(path, cfg.c_rule)
+    X_train, y_train = training_set(list(splits.train_faithful), list(splits.train_hallucinated))
+    probe = NeuronProbe(C=C, metadata=meta, **params).fit(X_train, y_train)
+    return {
+        "probe": probe,
+        "path": path,
+        "C": C,
+        "c_min": c_min,
+        "answer_set": answer_set,
+        "training_set": training_set,
+    }
+
+
+def _ood(
+    model: Any,
+    source: QuestionSource,
+    probe: Any,
+    out: Path,
+    cfg: FindConfig,
+    fmt: PromptFormat,
+    progress: bool,
+) -> dict[str, Any]:
+    if not source.ood_questions:
+        return {"available": False}
+    sampling = SamplingConfig.from_dict({**cfg.sampling.to_dict(), "n_samples": 1})
+    cfg_ood = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling.to_dict()})
+    records = _sample(model, source.ood_questions, out, cfg_ood, fmt, "ood_samples.jsonl", progress)
+    labels, spans = _judge_all(source.ood_judge, source.ood_questions, records)
+    kept = {q: ls[0] for q, ls in labels.items() if ls[0] != "uncertain"}
+    examples, skipped = _labelled_examples(source.ood_questions, records, labels, spans, kept)
+    counts = {lab: sum(e.label == lab for e in examples) for lab in ("faithful", "hallucinated")}
+    result: dict[str, Any] = {
+        "available": True,
+        "n_questions": len(source.ood_questions),
+        "n_uncertain": len(labels) - len(kept),
+        "n_span_not_found": len(skipped),
+        **{f"n_{k}": v for k, v in counts.items()},
+    }
+    if min(counts.values()) == 0:
+        result["note"] = "one class is empty: AUROC undefined"
+        return result
+    store = extract_features(
+        model,
+        examples,
+        out / "ood_features",
+        CETTConfig.from_dict({**cfg.cett.to_dict(), "regions": ["answer"]}),
+        fmt=fmt,
+        progress=progress,
+        rank=0,
+        world_size=1,
+    )
+    X = store.load("answer", [e.id for e in examples], flat=True)
+    y = np.array([int(e.label == "hallucinated") for e in examples])
+    m = probe.evaluate(X, y, n_boot=cfg.n_boot, seed=cfg.seed)
+    result |= {"accuracy": m.accuracy, "auroc": m.auroc, "metrics": m.to_dict()}
+    return result
+
+
+def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run the identification pipeline; returns (and writes) the summary. See the module doc."""
+    import hlens
+    from hlens.formats import ConsistencyRecord, write_consistency_samples
+    from hlens.probe import random_neuron_baseline
+
+    t0 = time.time()
+    cfg = config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # under torchrun: rank 0 samples; every rank extracts its share of feature shards
+    rank, world, dist_device = init_distributed()
+    main = rank == 0
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    model = hlens.load(cfg.model, device=dist_device or cfg.device)
+    source = get_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit)
+    fmt = PromptFormat(instruction=cfg.instruction)
+
+    # 1. sample, 2. judge, 3. keep consistent questions
+    if main:
+        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", progress)
+    _barrier(world)
+    if not main:  # the store is complete now: this reads it, generating nothing
+        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
+    labels, spans = _judge_all(source.judge, source.questions, records)
+    consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
+    write = write_consistency_samples if main else (lambda *a: None)
+    write(
+        [
+            ConsistencyRecord(
+                q.id,
+                q.question + cfg.instruction,
+                records[q.id]["responses"],
+                [
+                    "true" if x == "faithful" else "false" if x == "hallucinated" else x
+                    for x in labels[q.id]
+                ],
+                list(q.answers),
+            )
+            for q in source.questions
+        ],
+        out / "consistency_samples.jsonl",
+    )
+    examples, skipped = _labelled_examples(
+        source.questions, records, labels, spans, consistency.kept
+    )
+    truncated = sum(sum(r["truncated"]) for r in records.values())
+    if main:
+        judged = {"labels": labels, "consistency": consistency.to_dict(), "skipped": skipped}
+        (out / "judgements.json").write_text(json.dumps(judged, indent=0))
+
+    # 4. balanced, disjoint splits (by group when the source has groups)
+    by_id = {e.id: e for e in examples}
+    faithful = [e.id for e in examples if e.label == "faithful"]
+    halluc = [e.id for e in examples if e.label == "hallucinated"]
+    if min(len(faithful), len(halluc)) < 4:
+        raise ValueError(
+            f"too few consistent questions to fit a probe: {len(faithful)} faithful, {len(halluc)} "
+            f"hallucinated (funnel: {consistency.funnel.to_dict()}); use more questions"
+        )
+    groups = {i: source.groups[i] for i in by_id} if source.groups else None
+    splits = make_splits(
+        faithful, halluc, test_fraction=cfg.test_fraction, seed=cfg.seed, groups=groups
+    )
+    used = [by_id[i] for i in (*splits.train_ids, *splits.test_ids)]
+    if main:
+        splits.save(out / "splits.json")
+        splits.to_official(out)
+        write_examples(used, out / "examples.jsonl")
+
+    # 5. CETT features of every example that is in a split (each rank its own shards)
+    store = extract_features(
+        model, used, out / "features", cfg.cett, fmt=fmt, progress=progress and main
+    )
+    if store is None:  # a rank other than 0: its shards are written, rank 0 does the rest
+        return {}
+
+    # 6. probe: C path on a validation split of train, refit on train, evaluate on test
+    meta = {
+        "model_id": cfg.model,
+        "dataset": source.name,
+        "cett": cfg.cett.score_options(),
+        "regions": list(cfg.cett.regions),
+        "mode": cfg.mode,
+    }
+    fit = _fit_probe(store, splits, groups, cfg, meta)
+    probe = fit["probe"]
+    probe.save(out / "probe")
+    h = probe.h_neurons_
+    h = type(h)(
+        h.neurons,
+        h.n_layers,
+        h.d_mlp,
+        h.weights,
+        {**h.meta, "model": cfg.model, "dataset": source.name, "C": fit["C"]},
+    )
+    h.save(out / "h_neurons.json")
+    X_test, y_test = fit["answer_set"](list(splits.test_faithful), list(splits.test_hallucinated))
+    test = probe.evaluate(X_test, y_test, n_boot=cfg.n_boot, seed=cfg.seed)
+    X_train, y_train = fit["training_set"](
+        list(splits.train_faithful), list(splits.train_hallucinated)
+    )
+
+    # 7. controls: probes on layer-matched random neurons of the same count
+    baseline: dict[str, Any] = {"note": "no H-neurons selected"}
+    if len(h) > 0:
+        params = dict(
+            penalty=cfg.penalty,
+            solver=cfg.solver,
+            C=fit["C"],
+            max_iter=5000,
+            n_layers=h.n_layers,
+            d_mlp=h.d_mlp,
+            random_state=cfg.seed,
+        )
+        b = random_neuron_baseline(
+            X_train,
+            y_train,
+            X_test,
+            y_test,
+            h,
+            n_seeds=cfg.n_random_seeds,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            **params,
+        )
+        baseline = {
+            "accuracy": b.mean["accuracy"],
+            "auroc": b.mean["auroc"],
+            "ci": b.ci,
+            "h_neurons_only": b.reference.to_dict(),
+            "seeds": list(b.seeds),
+            "per_seed": [m.to_dict() for m in b.random],
+        }
+
+    # 8. out of distribution (the organism's never-seen people)
+    ood = _ood(model, source, probe, out, cfg, fmt, progress)
+
+    summary = {
+        "hlens_version": __version__,
+        "model": cfg.model,
+        "dataset": source.name,
+        "n_layers": model.n_layers,
+        "d_mlp": model.d_mlp,
+        "h_neurons": {"count": len(h), "fraction": h.fraction(), "per_layer": h.layer_counts()},
+        "metrics": {"test": {**_headline(test), "n": len(y_test)}, "ood": _pick(ood)},
+        "baselines": {"random_neurons": baseline},
+        "probe": {
+            "C": fit["C"],
+            "C_min": fit["c_min"],
+            "c_rule": cfg.c_rule,
+            "mode": cfg.mode,
+            "penalty": cfg.penalty,
+            "solver": cfg.solver,
+            "n_nonzero": int((probe.coef_ != 0).sum()),
+        },
+        "c_path": fit["path"].to_dict(),
+        "funnel": {
+            **consistency.funnel.to_dict(),
+            "n_span_not_found": len(skipped),
+            "n_train": len(splits.train_ids),
+            "n_test": len(splits.test_ids),
+            "n_truncated_samples": truncated,
+        },
+        "ood": ood,
+        "source": source.info,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+    return summary
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _headline(m: Any) -> dict[str, Any]:
+    d = m.to_dict()
+    out = {k: d[k] for k in ("accuracy", "precision", "recall", "f1", "auroc") if k in d}
+    ci = d.get("ci", {})
+    out |= {f"{k}_ci": ci[k] for k in ("accuracy", "auroc") if k in ci}
+    return out
+
+
+def _pick(ood: dict[str, Any]) -> dict[str, Any]:
+    return {k: ood[k] for k in ("accuracy", "auroc") if k in ood} or {
+        "note": ood.get("note", "n/a")
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+# -- command line ---------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = FindConfig()
+    p.add_argument("--model", default=d.model, help="bundled name, checkpoint dir or hub id")
+    p.add_argument("--dataset", default=d.dataset, help="organism | triviaqa | a JSONL/CSV file")
+    p.add_argument("--out", required=True, help="run directory (resumable)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
+    p.add_argument("--n-samples", type=int, default=d.sampling.n_samples)
+    p.add_argument("--temperature", type=float, default=d.sampling.temperature)
+    p.add_argument("--max-new-tokens", type=int, default=d.sampling.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=d.cett.batch_size, help="CETT batch size")
+    p.add_argument("--mode", choices=["3-vs-1", "1-vs-1"], default=d.mode)
+    p.add_argument("--penalty", choices=["l1", "l2"], default=d.penalty)
+    p.add_argument("--solver", choices=["torch", "liblinear"], default=d.solver)
+    p.add_argument("--aggregation", choices=["mean", "max"], default=d.cett.method)
+    p.add_argument("--no-abs", action="store_true", help="signed activations (use_abs=False)")
+    p.add_argument("--no-mag", action="store_true", help="drop ||W_out|| (use_mag=False)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    sampling = SamplingConfig(
+        n_samples=args.n_samples,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    cett = CETTConfig(
+        use_abs=not args.no_abs,
+        use_mag=not args.no_mag,
+        method=args.aggregation,
+        batch_size=args.batch_size,
+    )
+    cfg = FindConfig(
+        model=args.model,
+        dataset=args.dataset,
+        limit=args.limit,
+        sampling=sampling,
+        cett=cett,
+        mode=args.mode,
+        penalty=args.penalty,
+        solver=args.solver,
+        seed=args.seed,
+        device=args.device,
+    )
+    s = find(cfg, args.out, progress=not args.no_progress)
+    t, b = s["metrics"]["test"], s["baselines"]["random_neurons"]
+    print(
+        f"H-neurons: {s['h_neurons']['count']} ({100 * s['h_neurons']['fraction']:.2f}% of "
+        f"{s['n_layers'] * s['d_mlp']} neurons)"
+    )
+    print(
+        f"test: accuracy {t['accuracy']:.3f}, AUROC {t['auroc']:.3f} "
+        f"(95% CI {t.get('auroc_ci', ['?', '?'])}); random neurons: accuracy "
+        f"{b.get('accuracy', float('nan')):.3f}, AUROC {b.get('auroc', float('nan')):.3f}"
+    )
+    print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0

@@ -1,0 +1,128 @@
+"""The identification pipeline end to end on a tiny model, with a controllable question source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hlens
+from hlens.features import CETTConfig, FeatureStore
+from hlens.find import FindConfig, find
+from hlens.judge import Judgement
+from hlens.sampling import SamplingConfig
+from hlens.sources import SOURCES, QuestionSource, register_source
+
+
+def _fake_source(n=48):
+    """Questions whose label is fixed by id (even: faithful), so the filter keeps all of them."""
+    questions = [
+        hlens.Example(
+            f"Where was person {i} born?", id=f"q{i}", answers=("Korin",), meta={"g": i // 2}
+        )
+        for i in range(n)
+    ]
+
+    def judge(example, response):
+        text = response.strip()
+        if not text:
+            return Judgement("uncertain", reason="empty")
+        label = "faithful" if int(example.id[1:]) % 2 == 0 else "hallucinated"
+        return Judgement(label, span=(0, len(text)))
+
+    def factory(**_):
+        ood = [hlens.Example(f"Who is nobody {i}?", id=f"o{i}", meta={}) for i in range(8)]
+        return QuestionSource(
+            "fake",
+            questions,
+            judge,
+            groups={q.id: str(q.meta["g"]) for q in questions},
+            ood_questions=ood,
+            ood_judge=judge,
+        )
+
+    return factory
+
+
+@pytest.fixture
+def fake_source():
+    register_source("fake", _fake_source())
+    yield "fake"
+    SOURCES.pop("fake")
+
+
+def _config(checkpoint_dir, **kw):
+    return FindConfig(
+        model=str(checkpoint_dir("llama")),
+        dataset="fake",
+        sampling=SamplingConfig(n_samples=2, max_new_tokens=4, temperature=0.0, batch_size=16),
+        cett=CETTConfig(batch_size=8, shard_size=16),
+        n_random_seeds=2,
+        n_boot=50,
+        Cs=(1.5, 3.0, 10.0),
+        device="cpu",
+        **kw,
+    )
+
+
+def test_find_writes_a_complete_run(checkpoint_dir, fake_source, tmp_path):
+    s = find(_config(checkpoint_dir), tmp_path, progress=False)
+    for name in [
+        "summary.json",
+        "h_neurons.json",
+        "splits.json",
+        "samples.jsonl",
+        "consistency_samples.jsonl",
+        "probe/probe.json",
+        "features/manifest.json",
+        "judgements.json",
+    ]:
+        assert (tmp_path / name).exists(), name
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
+    assert s["h_neurons"]["count"] == len(hlens.NeuronSet.load(tmp_path / "h_neurons.json"))
+    assert 0 <= s["h_neurons"]["fraction"] <= 1
+    for key in ["accuracy", "auroc", "auroc_ci"]:
+        assert key in s["metrics"]["test"]
+    assert {"Cs", "n_positive", "auroc"} <= set(s["c_path"])
+    f = s["funnel"]
+    assert (
+        f["n_questions"] == 48 and f["n_consistent_faithful"] + f["n_consistent_hallucinated"] <= 48
+    )
+    splits = hlens.splits.Splits.load(tmp_path / "splits.json")
+    assert not set(splits.train_ids) & set(splits.test_ids)
+    # groups (pairs of questions) never straddle train and test
+    g = lambda q: int(q[1:]) // 2  # noqa: E731
+    assert not {g(q) for q in splits.train_ids} & {g(q) for q in splits.test_ids}
+
+
+def test_find_rerun_resumes_without_recomputing(checkpoint_dir, fake_source, tmp_path, monkeypatch):
+    cfg = _config(checkpoint_dir)
+    find(cfg, tmp_path, progress=False)
+    before = FeatureStore(tmp_path / "features").load("answer")
+    import hlens.features as F
+    import hlens.sampling as S
+
+    def boom(*a, **k):
+        raise AssertionError("finished work was recomputed")
+
+    monkeypatch.setattr(F, "features_for_batch", boom)
+    monkeypatch.setattr(S, "_generate", boom)
+    find(cfg, tmp_path, progress=False)
+    assert torch.equal(FeatureStore(tmp_path / "features").load("answer"), before)
+
+
+def test_find_config_validation_and_round_trip():
+    cfg = FindConfig(limit=10)
+    assert FindConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="multiples of C_min"):
+        FindConfig(Cs=(0.5, 2.0))
+    with pytest.raises(ValueError, match="test_fraction"):
+        FindConfig(test_fraction=1.5)
+
+
+def test_unknown_dataset_lists_sources():
+    from hlens.sources import get_source
+
+    with pytest.raises(ValueError, match="organism, triviaqa"):
+        get_source("nope")
