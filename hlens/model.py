@@ -229,6 +229,20 @@ class Model:
         """Raw output weights of ``layer``'s neurons (rows are neurons)."""
         return self.family.w_out(self.down_proj(layer))
 
+    def W_in(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+        """Raw input (up-projection) weights of ``layer``'s neurons (rows are neurons)."""
+        self._check_layer(layer)
+        fam = self.family
+        return fam.w_in(fam.hf_module(self.hf_model, layer, fam.hf_up_proj))
+
+    def W_gate(self, layer: int) -> Float[Tensor, "d_mlp d_model"] | None:
+        """Raw gate weights of ``layer``'s neurons for a gated MLP, else ``None``."""
+        self._check_layer(layer)
+        fam = self.family
+        if fam.hf_gate_proj is None:
+            return None
+        return fam.w_in(fam.hf_module(self.hf_model, layer, fam.hf_gate_proj))
+
     def W_out_norms(self) -> Float[Tensor, "layer d_mlp"]:
         """``||W_out[layer, j]||`` for every neuron, on raw weights (cached)."""
         if self._w_out_norms is None:

@@ -44,9 +44,10 @@ class MLPFamily:
         gated: whether the MLP is gated (``act(gate(x)) * up(x)``) rather than ``act(in(x))``.
         hf_layers: dotted path from the Hugging Face ``*ForCausalLM`` module to its decoder layers.
         hf_down_proj: dotted path from one decoder layer to its down projection module.
-        w_out_layout: ``"out_in"`` when the down projection is an ``nn.Linear`` (weight is
-            ``[d_model, d_mlp]``), ``"in_out"`` for GPT-2's ``Conv1D`` (weight is
-            ``[d_mlp, d_model]``).
+        hf_up_proj: dotted path from one decoder layer to its up (input) projection.
+        hf_gate_proj: dotted path to the gate projection of a gated MLP, else ``None``.
+        linear_layout: ``"out_in"`` when the MLP's linear maps are ``nn.Linear`` (weight is
+            ``[out, in]``), ``"in_out"`` for GPT-2's ``Conv1D`` (weight is ``[in, out]``).
         post_ffn_norm: whether a norm follows the MLP inside the block (Gemma 2/3); the bridge's
             ``hook_mlp_out`` is then *after* that norm, so hlens reads ``mlp.hook_out`` instead.
     """
@@ -56,7 +57,9 @@ class MLPFamily:
     gated: bool
     hf_layers: str
     hf_down_proj: str
-    w_out_layout: Literal["out_in", "in_out"] = "out_in"
+    hf_up_proj: str = "mlp.up_proj"
+    hf_gate_proj: str | None = "mlp.gate_proj"
+    linear_layout: Literal["out_in", "in_out"] = "out_in"
     post_ffn_norm: bool = False
 
     def activation_hook(self, layer: int) -> str:
@@ -69,10 +72,13 @@ class MLPFamily:
 
     def w_out(self, down_proj: nn.Module) -> torch.Tensor:
         """The raw ``[d_mlp, d_model]`` output weights of one layer's down projection."""
-        weight = getattr(down_proj, "weight", None)
-        if weight is None:
-            weight = down_proj.original_component.weight  # a bridge component around the module
-        return weight.T if self.w_out_layout == "out_in" else weight
+        weight = _weight(down_proj)
+        return weight.T if self.linear_layout == "out_in" else weight
+
+    def w_in(self, in_proj: nn.Module) -> torch.Tensor:
+        """The raw ``[d_mlp, d_model]`` input weights (rows are neurons) of an up or gate map."""
+        weight = _weight(in_proj)
+        return weight if self.linear_layout == "out_in" else weight.T
 
     def hf_layer_modules(self, hf_model: nn.Module) -> list[nn.Module]:
         """The decoder layers of a Hugging Face model of this family."""
@@ -81,6 +87,17 @@ class MLPFamily:
     def hf_down_proj_module(self, hf_model: nn.Module, layer: int) -> nn.Module:
         """The down projection of ``layer`` in a (bridge-free or bridged) Hugging Face model."""
         return _get_path(self.hf_layer_modules(hf_model)[layer], self.hf_down_proj)
+
+    def hf_module(self, hf_model: nn.Module, layer: int, path: str) -> nn.Module:
+        """The module at ``path`` inside decoder layer ``layer``."""
+        return _get_path(self.hf_layer_modules(hf_model)[layer], path)
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        weight = module.original_component.weight  # a bridge component around the module
+    return weight
 
 
 def _get_path(module: nn.Module, path: str) -> nn.Module:
@@ -108,7 +125,9 @@ register_family(
         gated=False,
         hf_layers="transformer.h",
         hf_down_proj="mlp.c_proj",
-        w_out_layout="in_out",
+        hf_up_proj="mlp.c_fc",
+        hf_gate_proj=None,
+        linear_layout="in_out",
     )
 )
 register_family(MLPFamily("llama", ("LlamaForCausalLM",), **_LLAMA_LIKE))

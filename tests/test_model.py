@@ -26,7 +26,7 @@ def test_w_out_is_the_raw_down_projection(tiny_model, checkpoint_dir, family):
         k for k in state if k.endswith(tiny_model.family.hf_down_proj + ".weight") and ".0." in k
     )
     raw = state[key]
-    expected = raw.T if tiny_model.family.w_out_layout == "out_in" else raw
+    expected = raw.T if tiny_model.family.linear_layout == "out_in" else raw
     torch.testing.assert_close(tiny_model.W_out(0), expected)
 
 
@@ -77,3 +77,21 @@ def test_compatibility_mode_is_refused(tmp_path, checkpoint_dir):
     bridge.enable_compatibility_mode()
     with pytest.raises(ValueError, match="compatibility mode"):
         hlens.load(bridge)
+
+
+def test_input_weights_are_the_raw_up_and_gate_projections(tiny_model, checkpoint_dir, family):
+    from safetensors.torch import load_file
+
+    state = load_file(str(checkpoint_dir(family) / "model.safetensors"))
+    fam = tiny_model.family
+
+    def raw(path):
+        key = next(k for k in state if k.endswith(f".1.{path}.weight"))
+        return state[key] if fam.linear_layout == "out_in" else state[key].T
+
+    torch.testing.assert_close(tiny_model.W_in(1), raw(fam.hf_up_proj))
+    assert tiny_model.W_in(1).shape == (tiny_model.d_mlp, tiny_model.d_model)
+    if fam.gated:
+        torch.testing.assert_close(tiny_model.W_gate(1), raw(fam.hf_gate_proj))
+    else:
+        assert tiny_model.W_gate(1) is None
