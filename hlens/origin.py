@@ -1,0 +1,386 @@
+"""Origins of H-neurons: backward transfer of the probe and parameter inertia.
+
+*Backward transfer*: the probe trained on the instruction-tuned model is applied unchanged to the
+base model's CETT features on the same question/response pairs (the base model reads the tuned
+model's responses after a plain ``Question: ... Answer:`` prompt). If it still separates
+hallucinated from faithful answers, the neurons' roles predate instruction tuning.
+
+*Parameter inertia*: for every neuron, ``drift = 1 - cos(base, tuned)`` of its up-projection row and
+of its down-projection column (its ``W_out`` row); each is z-scored across all neurons and the two
+z-scores averaged (the gate row is reported separately). Neurons are ranked by that score, rank 0
+being the largest change, and ranks normalised to [0, 1]. A mean H-neuron rank above 0.5 means
+H-neurons moved *less* than a typical neuron.
+
+Example:
+    >>> inertia = parameter_inertia(base, tuned)  # doctest: +SKIP
+    >>> inertia.drift_up.shape  # [layer, d_mlp]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from hlens.neurons import NeuronSet
+
+__all__ = [
+    "Inertia",
+    "add_arguments",
+    "backward_transfer",
+    "check_same_architecture",
+    "inertia_test",
+    "origin",
+    "parameter_inertia",
+    "run",
+]
+
+BASE_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def check_same_architecture(base: Any, tuned: Any) -> None:
+    """Raise ``ValueError`` unless two models share family and shape (says what differs)."""
+    fields = ("family.name", "n_layers", "d_mlp", "d_model")
+    diff = []
+    for f in fields:
+        a, b = base, tuned
+        for part in f.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        if a != b:
+            diff.append(f"{f}: base {a!r} vs tuned {b!r}")
+    if diff:
+        raise ValueError(
+            "base and tuned models must have the same architecture and shape; they differ in "
+            + "; ".join(diff)
+        )
+
+
+def _drift(a: Tensor, b: Tensor) -> Tensor:
+    """1 - cosine similarity of matching rows."""
+    cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
+    return (1.0 - cos).float()
+
+
+def _zscore(x: Tensor) -> Tensor:
+    std = x.std()
+    return (x - x.mean()) / std if std > 0 else torch.zeros_like(x)
+
+
+@dataclass
+class Inertia:
+    """Per-neuron weight drift between a base and a tuned model.
+
+    Attributes:
+        drift_up: ``1 - cos`` of each neuron's up-projection row.
+        drift_down: ``1 - cos`` of each neuron's down-projection column (its ``W_out`` row).
+        drift_gate: the same for the gate row of gated MLPs, else ``None`` (reported separately).
+        score: mean of the z-scored ``drift_up`` and ``drift_down``: how much a neuron moved.
+        rank: normalised rank of ``score`` in [0, 1]; 0 is the neuron that moved most.
+    """
+
+    drift_up: Float[Tensor, "layer d_mlp"]
+    drift_down: Float[Tensor, "layer d_mlp"]
+    drift_gate: Float[Tensor, "layer d_mlp"] | None
+    score: Float[Tensor, "layer d_mlp"]
+    rank: Float[Tensor, "layer d_mlp"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.tolist() if v is not None else None) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Inertia:
+        return cls(**{k: torch.tensor(v) if v is not None else None for k, v in d.items()})
+
+    def moved(self, threshold: float = 1e-6) -> NeuronSet:
+        """Neurons whose up or down weights changed direction by more than ``threshold``."""
+        mask = (self.drift_up > threshold) | (self.drift_down > threshold)
+        if self.drift_gate is not None:
+            mask |= self.drift_gate > threshold
+        n_layers, d_mlp = mask.shape
+        return NeuronSet.from_flat(
+            mask.flatten().nonzero().flatten().tolist(), n_layers=n_layers, d_mlp=d_mlp
+        )
+
+
+def parameter_inertia(base: Any, tuned: Any) -> Inertia:
+    """Per-neuron drift between two checkpoints of the same architecture (see module doc)."""
+    check_same_architecture(base, tuned)
+    up, down, gate = [], [], []
+    with torch.no_grad():
+        for layer in range(base.n_layers):
+            up.append(_drift(base.W_in(layer), tuned.W_in(layer)))
+            down.append(_drift(base.W_out(layer), tuned.W_out(layer)))
+            g0, g1 = base.W_gate(layer), tuned.W_gate(layer)
+            if g0 is not None:
+                gate.append(_drift(g0, g1))
+    drift_up, drift_down = torch.stack(up), torch.stack(down)
+    score = (_zscore(drift_up.flatten()) + _zscore(drift_down.flatten())) / 2
+    order = torch.argsort(score, descending=True, stable=True)
+    rank = torch.empty_like(score)
+    rank[order] = torch.arange(score.numel(), dtype=score.dtype) / max(score.numel() - 1, 1)
+    shape = drift_up.shape
+    return Inertia(
+        drift_up,
+        drift_down,
+        torch.stack(gate) if gate else None,
+        score.reshape(shape),
+        rank.reshape(shape),
+    )
+
+
+def inertia_test(
+    inertia: Inertia,
+    neurons: NeuronSet,
+    *,
+    n_random: int = 10_000,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean normalised rank of ``neurons`` with a bootstrap interval and one-sided tests.
+
+    The alternative is "these neurons moved less than others" (mean rank above that of random
+    sets). ``p_value`` compares with ``n_random`` layer-matched random sets of the same size (a
+    permutation test); ``p_value_all`` is a one-sided Mann-Whitney U test against all neurons.
+    """
+    from scipy.stats import mannwhitneyu
+
+    n_layers, d_mlp = inertia.rank.shape
+    neurons.check_model(n_layers, d_mlp)
+    if len(neurons) == 0:
+        raise ValueError("inertia_test needs at least one neuron")
+    flat = inertia.rank.flatten()
+    idx = neurons.flat()
+    ranks = flat[idx].double().numpy()
+    mean = float(ranks.mean())
+    rng = np.random.default_rng(seed)
+    boots = rng.choice(ranks, size=(n_boot, len(ranks)), replace=True).mean(1)
+    counts = neurons.layer_counts()
+    rank2d = inertia.rank.double().numpy()
+    null = np.empty(n_random)
+    for i in range(n_random):
+        picks = [rng.choice(d_mlp, size=c, replace=False) for c in counts]
+        null[i] = np.concatenate([rank2d[layer, p] for layer, p in enumerate(picks)]).mean()
+    others = np.delete(flat.double().numpy(), idx.numpy())
+    u = mannwhitneyu(ranks, others, alternative="greater")
+    return {
+        "mean_rank": mean,
+        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+        "p_value": float((1 + (null >= mean).sum()) / (1 + n_random)),
+        "random_mean_rank": float(null.mean()),
+        "random_ci": [float(np.percentile(null, 2.5)), float(np.percentile(null, 97.5))],
+        "p_value_all": float(u.pvalue),
+        "n_neurons": len(neurons),
+        "per_neuron": [
+            {"layer": n.layer, "index": n.index, "rank": float(r)} for n, r in zip(neurons, ranks)
+        ],
+    }
+
+
+def backward_transfer(
+    base: Any,
+    tuned_run: str | Path,
+    out_dir: str | Path,
+    *,
+    n_random_seeds: int = 5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Apply a run's probe (trained on the tuned model) to the base model's features.
+
+    Args:
+        base: the base :class:`hlens.Model`.
+        tuned_run: an ``hlens find`` run directory (``examples.jsonl``, ``splits.json``, ``probe/``,
+            ``h_neurons.json``).
+        out_dir: where the base model's features go (resumable).
+
+    Returns:
+        AUROC of the transferred probe with a bootstrap interval, of random-neuron probes
+        transferred the same way, and of a probe trained on the base model itself.
+    """
+    from hlens.features import CETTConfig, extract_features, read_examples
+    from hlens.find import FindConfig
+    from hlens.metrics import compute_metrics
+    from hlens.probe import NeuronProbe, build_training_set
+    from hlens.prompts import PromptFormat
+    from hlens.splits import Splits
+
+    run = Path(tuned_run)
+    for need in ("examples.jsonl", "splits.json", "probe", "h_neurons.json", "config.json"):
+        if not (run / need).exists():
+            raise FileNotFoundError(f"{run} has no {need}; run `hlens find` first")
+    cfg = FindConfig.from_dict(json.loads((run / "config.json").read_text()))
+    probe = NeuronProbe.load(run / "probe", expected_shape=(base.n_layers, base.d_mlp))
+    splits = Splits.load(run / "splits.json")
+    examples = read_examples(run / "examples.jsonl")
+    fmt = PromptFormat(template="plain", plain_template=BASE_TEMPLATE)
+    cett = CETTConfig.from_dict({**cfg.cett.to_dict(), "shard_size": 512})
+    store = extract_features(
+        base,
+        examples,
+        Path(out_dir) / "base_features",
+        cett,
+        fmt=fmt,
+        progress=progress,
+        rank=0,
+        world_size=1,
+    )
+
+    def answers(f: tuple[str, ...], h: tuple[str, ...]):
+        X = torch.cat(
+            [store.load("answer", list(f), flat=True), store.load("answer", list(h), flat=True)]
+        )
+        return X, np.array([0] * len(f) + [1] * len(h))
+
+    X_test, y_test = answers(splits.test_faithful, splits.test_hallucinated)
+    transferred = probe.evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
+
+    # a probe trained on the base model itself, same recipe and C
+    f_tr, h_tr = list(splits.train_faithful), list(splits.train_hallucinated)
+    other = None
+    if cfg.mode == "3-vs-1":
+        other = store.load("all_except_answer", f_tr + h_tr, flat=True)
+        other = other[torch.isfinite(other).all(1)]
+    X_tr, y_tr = build_training_set(
+        store.load("answer", f_tr, flat=True),
+        store.load("answer", h_tr, flat=True),
+        other,
+        mode=cfg.mode,
+    )
+    params = probe.get_params()
+    own = NeuronProbe(**params).fit(X_tr, y_tr).evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
+
+    # random-neuron probes trained on the tuned model's features, transferred the same way
+    from hlens.features import FeatureStore
+
+    tuned_store = FeatureStore(run / "features")
+    h = NeuronSet.load(run / "h_neurons.json")
+    rand = []
+    if len(h):
+        Xt_tr, yt_tr = build_training_set(
+            tuned_store.load("answer", f_tr, flat=True),
+            tuned_store.load("answer", h_tr, flat=True),
+            _finite(tuned_store.load("all_except_answer", f_tr + h_tr, flat=True))
+            if cfg.mode == "3-vs-1"
+            else None,
+            mode=cfg.mode,
+        )
+        for s in range(n_random_seeds):
+            idx = h.layer_matched_random(seed=seed + s).flat()
+            p = NeuronProbe(**{**params, "n_layers": None, "d_mlp": None}).fit(Xt_tr[:, idx], yt_tr)
+            score = p.decision_function(X_test[:, idx])
+            rand.append(
+                compute_metrics(y_test, score, (score > 0).astype(np.int64), n_boot=0).auroc
+            )
+    return {
+        "auroc": transferred.auroc,
+        "ci": list(transferred.ci["auroc"]),
+        "accuracy": transferred.accuracy,
+        "n_test": len(y_test),
+        "base_trained": {"auroc": own.auroc, "ci": list(own.ci["auroc"])},
+        "random_neurons": {"auroc": float(np.mean(rand)) if rand else math.nan, "per_seed": rand},
+        "prompt": BASE_TEMPLATE,
+    }
+
+
+def _finite(x: Tensor) -> Tensor:
+    return x[torch.isfinite(x).all(1)]
+
+
+def origin(
+    base_name: str,
+    tuned_name: str,
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Both analyses for a base/tuned pair and an ``hlens find`` run of the tuned model."""
+    import hlens
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = hlens.load(base_name, device=device)
+    tuned = hlens.load(tuned_name, device=device)
+    check_same_architecture(base, tuned)
+    h = NeuronSet.load(Path(run_dir) / "h_neurons.json")
+    inertia = parameter_inertia(base, tuned)
+    test = inertia_test(inertia, h, seed=seed) if len(h) else {"note": "no H-neurons"}
+    transfer = backward_transfer(base, run_dir, out, seed=seed, progress=progress)
+    del tuned
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in inertia.__dict__.items() if v is not None},
+        str(out / "inertia.safetensors"),
+    )
+    summary = {
+        "base": base_name,
+        "tuned": tuned_name,
+        "run": str(run_dir),
+        "transfer": transfer,
+        "inertia": test,
+        "drift_summary": {
+            k: {"mean": float(v.mean()), "max": float(v.max())}
+            for k, v in inertia.__dict__.items()
+            if v is not None and k.startswith("drift")
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    _plots(inertia, h, out)
+    return summary
+
+
+def _plots(inertia: Inertia, h: NeuronSet, out: Path) -> None:
+    try:
+        from hlens import plots
+    except ImportError:
+        return
+    fn = getattr(plots, "inertia_ranks", None)
+    if fn is not None:
+        fig = fn(inertia.rank, h)
+        fig.savefig(out / "inertia_ranks.png", dpi=120, bbox_inches="tight")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="the pre-trained model (name, dir or hub id)")
+    p.add_argument("--tuned", required=True, help="its instruction-tuned child")
+    p.add_argument("--run", required=True, help="the `hlens find` run of the tuned model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    s = origin(
+        args.base,
+        args.tuned,
+        args.run,
+        args.out,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    t, i = s["transfer"], s["inertia"]
+    print(
+        f"transfer AUROC {t['auroc']:.3f} (95% CI {t['ci'][0]:.3f}-{t['ci'][1]:.3f}); "
+        f"base-trained {t['base_trained']['auroc']:.3f}; random {t['random_neurons']['auroc']:.3f}"
+    )
+    if "mean_rank" in i:
+        print(
+            f"mean H-neuron inertia rank {i['mean_rank']:.3f} (95% CI {i['ci'][0]:.3f}-"
+            f"{i['ci'][1]:.3f}), p = {i['p_value']:.4f} vs random sets"
+        )
+    print(f"wrote {Path(args.out) / 'summary.json'}")
+    return 0
