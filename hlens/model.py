@@ -35,6 +35,9 @@ BUNDLED_MODELS: tuple[str, ...] = ("organism", "organism-base")
 def _bridge_class() -> type:
     from transformer_lens.model_bridge import TransformerBridge
 
+    from hlens._compat import patch_bridge_kv_cache
+
+    patch_bridge_kv_cache()
     return TransformerBridge
 
 
