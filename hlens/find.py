@@ -38,7 +38,7 @@ from hlens.features import (
     init_distributed,
     write_examples,
 )
-from hlens.judge import consistency_filter
+from hlens.judge import consistency_filter, locate_answer
 from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
 from hlens.sampling import SamplingConfig, sample_to_jsonl
 from hlens.sources import QuestionSource, get_source
@@ -150,18 +150,25 @@ def _judge_all(source_judge: Any, questions: list[Example], records: dict[str, d
 
 
 def _labelled_examples(questions, records, labels, spans, kept: dict[str, str]):
-    """One example per kept question: its first response, labelled, with the answer span."""
+    """One example per kept question: its first response, labelled, with the answer span.
+
+    The span is the judge's when it gives one; otherwise the gold alias in the response
+    (faithful) or, for short answer-only responses, the response itself (see
+    :func:`hlens.judge.locate_answer`).
+    Examples whose span cannot be found are reported, never kept with a guessed span.
+    """
     out, skipped = [], []
     for q in questions:
         if q.id not in kept:
             continue
+        response = records[q.id]["responses"][0]
         span = spans[q.id][0]
+        if span is None:
+            span = locate_answer(response, q.answers if kept[q.id] == "faithful" else None)
         if span is None:
             skipped.append({"id": q.id, "reason": "answer span not found"})
             continue
-        out.append(
-            q.replace(response=records[q.id]["responses"][0], answer_span=span, label=kept[q.id])
-        )
+        out.append(q.replace(response=response, answer_span=span, label=kept[q.id]))
     return out, skipped
 
 
@@ -496,6 +503,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=d.sampling.temperature)
     p.add_argument("--max-new-tokens", type=int, default=d.sampling.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=d.cett.batch_size, help="CETT batch size")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=d.cett.shard_size,
+        help="examples per feature shard (the unit of resuming)",
+    )
     p.add_argument("--mode", choices=["3-vs-1", "1-vs-1"], default=d.mode)
     p.add_argument("--penalty", choices=["l1", "l2"], default=d.penalty)
     p.add_argument("--solver", choices=["torch", "liblinear"], default=d.solver)
@@ -519,6 +532,7 @@ def run(args: argparse.Namespace) -> int:
         use_mag=not args.no_mag,
         method=args.aggregation,
         batch_size=args.batch_size,
+        shard_size=args.shard_size,
     )
     cfg = FindConfig(
         model=args.model,

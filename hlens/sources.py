@@ -120,10 +120,11 @@ def _triviaqa_source(
 def _file_source(path: str, limit: int | None = None, **_: Any) -> QuestionSource:
     from hlens.datasets import load_qa_file
 
-    questions = load_qa_file(path)
-    if questions and all(q.id is None for q in questions):
-        questions = [q.replace(id=f"q{i}") for i, q in enumerate(questions)]
-    return QuestionSource(Path(path).name, questions[:limit] if limit else questions, RuleJudge())
+    try:  # use the file's own ids when it has an "id" column, else row numbers
+        questions = load_qa_file(path, id_col="id", limit=limit)
+    except ValueError:
+        questions = load_qa_file(path, limit=limit)
+    return QuestionSource(Path(path).name, questions, RuleJudge())
 
 
 #: name -> factory(**kwargs) -> QuestionSource
