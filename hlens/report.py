@@ -1,0 +1,652 @@
+"""``hlens report RUN_DIR``: one offline HTML page with everything a run directory holds.
+
+Reads what the other subcommands wrote, each part optional, and writes ``RUN_DIR/report.html``:
+
+- ``summary.json``, ``h_neurons.json``, ``probe/``, ``features/``, ``splits.json`` (``hlens
+  find``): headline numbers with intervals, the funnel, H-neurons per layer, the C path, the ROC
+  curve on the test split, the strongest H-neurons;
+- with ``examples.jsonl`` and a loadable model (``config.json``'s, or ``--model``): per-token
+  probe scores of test responses, H-neuron activations and top-activating samples;
+- ``steer/summary.json`` (``hlens steer``): rates against alpha with controls, slopes;
+- ``explain/cards.json``, ``explain/summary.json``, ``explain/*patch*.json`` (``hlens explain``):
+  the report cards, their top examples, patching / attribution maps;
+- ``origin/summary.json`` (``hlens origin``): probe transfer to the base model and parameter
+  inertia (``inertia.ranks``: all neurons' normalised ranks; ``inertia.h_ranks`` or
+  ``inertia.per_neuron[*].rank``: the H-neurons').
+
+A section appears only when its results exist; a section that fails to render shows the error
+instead of the page failing. Plots are inline PNGs and views carry circuitsvis's JavaScript
+inline (once per page), under a Content Security Policy that forbids any network access.
+
+Example:
+    >>> from hlens.cli import main
+    >>> main(["report", "runs/organism"])  # doctest: +SKIP
+    wrote runs/organism/report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hlens import plots
+from hlens.views import View, page
+
+__all__ = ["add_arguments", "build_report", "run", "write_report"]
+
+Section = tuple[str, str, str]  # (anchor, heading, html)
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def _num(x: Any, digits: int = 3, sign: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return html.escape(str(x))
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(value: Any, ci: Sequence[float] | None, digits: int = 3, sign: bool = False) -> str:
+    """``0.912 [0.880, 0.940]`` (the interval in grey), or just the value."""
+    out = _num(value, digits, sign)
+    if ci is not None and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        lo, hi = _num(ci[0], digits, sign), _num(ci[1], digits, sign)
+        out += f" <span class='ci'>[{lo}, {hi}]</span>"
+    return out
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header) if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+def _how(text: str) -> str:
+    return f"<details class='how'><summary>How to read this</summary><p>{text}</p></details>"
+
+
+def _cards(items: Sequence[tuple[str, str]]) -> str:
+    """Headline numbers as a row of boxes: ``(label, value html)``."""
+    return (
+        "<div class='cards'>"
+        + "".join(
+            f"<div class='card'><div class='v'>{v}</div><div class='l'>{html.escape(k)}</div></div>"
+            for k, v in items
+        )
+        + "</div>"
+    )
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _fig(fig: Any, caption: str | None = None) -> str:
+    return View.from_figure(fig, caption=caption).body_html()
+
+
+# -- find -----------------------------------------------------------------------------------------
+def _find_section(run: Path, s: Mapping[str, Any]) -> str:
+    h = s.get("h_neurons", {})
+    test = s.get("metrics", {}).get("test", {})
+    ood = s.get("metrics", {}).get("ood", {})
+    base = s.get("baselines", {}).get("random_neurons", {})
+    bci = (base.get("ci") or {}).get("auroc")
+    frac = h.get("fraction")
+    items = [
+        (
+            "H-neurons",
+            f"{_num(h.get('count'))}"
+            + (f" <span class='ci'>({frac * 1e3:.3g}&permil; of all)</span>" if frac else ""),
+        ),
+        ("test AUROC [95% CI]", _ci(test.get("auroc"), test.get("auroc_ci"))),
+        ("test accuracy [95% CI]", _ci(test.get("accuracy"), test.get("accuracy_ci"))),
+        ("random-neuron AUROC [95% CI]", _ci(base.get("auroc"), bci)),
+    ]
+    if "auroc" in ood:
+        items.append(("out-of-distribution AUROC", _ci(ood.get("auroc"), ood.get("auroc_ci"))))
+    out = [_cards(items)]
+    p = s.get("probe", {})
+    facts = [
+        ("test responses", _num(test.get("n"))),
+        (
+            "probe",
+            f"{p.get('penalty', '?')} logistic regression, C = {_num(p.get('C'), 4)} "
+            f"({html.escape(str(p.get('c_rule', '?')))}), {_num(p.get('n_nonzero'))} "
+            "non-zero weights",
+        ),
+    ]
+    if p.get("mode"):
+        facts.append(("training set", html.escape(str(p["mode"]))))
+    if "accuracy" in ood:
+        facts.append(("out-of-distribution accuracy", _num(ood.get("accuracy"))))
+    elif ood.get("note"):
+        facts.append(("out of distribution", html.escape(str(ood["note"]))))
+    out.append(_table(facts))
+    out.append(
+        _how(
+            "The probe reads one CETT feature per neuron (its share of its MLP's output, averaged "
+            "over the answer tokens) and predicts whether a response is hallucinated. Its neurons "
+            "with a positive weight are the H-neurons. AUROC is measured on held-out questions; "
+            "the bracket is a 95% bootstrap interval. The random-neuron AUROC is the same probe "
+            "fitted on as many layer-matched random neurons: the gap to it is what the H-neurons "
+            "add beyond 'any neurons of these layers'."
+        )
+    )
+    funnel = s.get("funnel")
+    if funnel:
+        out.append("<h3>Funnel</h3>")
+        out.append(_table([(html.escape(k.replace("_", " ")), _num(v)) for k, v in funnel.items()]))
+        out.append(
+            _how(
+                "How many questions survive each stage: sampled, judged, kept by the consistency "
+                "filter (all samples agree), balanced between faithful and hallucinated, and split "
+                "into train and test by question."
+            )
+        )
+    figs = []
+    if h.get("per_layer"):
+        figs.append(_fig(plots.h_neurons_per_layer(h["per_layer"], d_mlp=s.get("d_mlp"))))
+    if s.get("c_path"):
+        figs.append(_fig(plots.c_path(s["c_path"], selected_C=p.get("C"))))
+    roc = _roc_figure(run, s)
+    if roc is not None:
+        figs.append(_fig(roc))
+    if figs:
+        out.append("<div class='figs'>" + "".join(figs) + "</div>")
+        out.append(
+            _how(
+                "<b>Per layer</b>: where the H-neurons sit. <b>C path</b>: as C grows the probe "
+                "keeps more neurons (red, log scale) and its validation AUROC (blue, &plusmn; one "
+                "standard error) saturates; the dotted line is the chosen C. <b>ROC</b>: the "
+                "probe's true vs false positive rate on the test split; the diagonal is chance, "
+                "the legend gives the random-neuron baseline."
+            )
+        )
+    out.append(_top_neurons(run))
+    return "".join(out)
+
+
+def _roc_figure(run: Path, s: Mapping[str, Any]) -> Any:
+    """ROC of the saved probe on the test split's answer features (None if the files are absent)."""
+    if not all((run / x).exists() for x in ("probe", "features", "splits.json")):
+        return None
+    import numpy as np
+    import torch
+
+    from hlens.features import FeatureStore
+    from hlens.probe import NeuronProbe
+    from hlens.splits import Splits
+
+    splits = Splits.load(run / "splits.json")
+    store = FeatureStore(run / "features")
+    f, h = list(splits.test_faithful), list(splits.test_hallucinated)
+    X = torch.cat([store.load("answer", f, flat=True), store.load("answer", h, flat=True)])
+    y = np.array([0] * len(f) + [1] * len(h))
+    keep = torch.isfinite(X).all(1).numpy()
+    probe = NeuronProbe.load(run / "probe")
+    score = probe.decision_function(X[torch.from_numpy(keep)])
+    base = s.get("baselines", {}).get("random_neurons", {})
+    return plots.roc_curves(
+        y[keep],
+        {"H-neuron probe": score},
+        random_auroc=base.get("auroc"),
+        random_ci=(base.get("ci") or {}).get("auroc"),
+    )
+
+
+def _top_neurons(run: Path, k: int = 15) -> str:
+    d = _read(run / "h_neurons.json")
+    if not d:
+        return ""
+    from hlens.neurons import NeuronSet
+
+    ns = NeuronSet.from_dict(d)
+    if not len(ns):
+        return ""
+    top = ns.top(k) if ns.weights is not None else ns
+    rows = [
+        (f"L{n.layer}.{n.index}", _num(w, 4))
+        for n, w in zip(top.neurons[:k], top.weights or [None] * len(top))
+    ]
+    return f"<h3>Strongest H-neurons ({min(k, len(ns))} of {len(ns)})</h3>" + _table(
+        rows, ["neuron (layer.index)", "probe weight"]
+    )
+
+
+# -- token views (need the model) -----------------------------------------------------------------
+def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: int, device: Any):
+    from hlens import views
+
+    if not (run / "examples.jsonl").is_file() or not (run / "probe").exists():
+        return None
+    import torch
+
+    import hlens
+    from hlens.features import CETTConfig, read_examples
+    from hlens.neurons import NeuronSet
+    from hlens.probe import NeuronProbe
+    from hlens.prompts import PromptFormat
+
+    cfg = _read(run / "config.json") or {}
+    model_name = model_name or cfg.get("model") or s.get("model")
+    if not model_name:
+        return None
+    exs = read_examples(run / "examples.jsonl")
+    split = _read(run / "splits.json") or {}
+    test_ids = {i for ids in (split.get("test") or {}).values() for i in ids}
+    pool = [e for e in exs if e.label in ("faithful", "hallucinated")]
+    pool = [e for e in pool if e.id in test_ids] or pool
+    faithful = [e for e in pool if e.label == "faithful"][: max(1, n // 2)]
+    halluc = [e for e in pool if e.label == "hallucinated"][: max(1, n - n // 2)]
+    chosen = [e for pair in zip(halluc, faithful) for e in pair]
+    chosen += halluc[len(faithful) :] + faithful[len(halluc) :]
+    if not chosen:
+        return None
+    model = hlens.load(model_name, device=device)
+    fmt = PromptFormat(instruction=cfg.get("instruction", ""))
+    opts = CETTConfig.from_dict(cfg["cett"]).score_options() if "cett" in cfg else {}
+    batch = model.tokenize(chosen, fmt)
+    probe = NeuronProbe.load(run / "probe")
+    with torch.no_grad():
+        cache = model.neuron_cache(batch)
+        feats = cache.cett(
+            model.W_out_norms(),
+            use_abs=opts.get("use_abs", True),
+            use_mag=opts.get("use_mag", True),
+        )
+    resp = batch.region("response")
+    real = batch.attention_mask.bool()
+    toks = [
+        views.token_strings(model.tokenizer, batch.tokens[b][real[b]]) for b in range(len(chosen))
+    ]
+    scores = [views.token_scores(feats[b][real[b]], probe) for b in range(len(chosen))]
+    m = max(float(sc[resp[b][real[b]]].abs().max()) for b, sc in enumerate(scores))
+    parts = ["<h3>Probe score per token</h3>"]
+    for b, e in enumerate(chosen):
+        parts.append(
+            f"<p class='ex'><b>{html.escape(e.label or '')}</b> &middot; "
+            f"{html.escape(e.question[:160])}</p>"
+        )
+        parts.append(
+            views.colored_scores(toks[b], scores[b], mask=resp[b][real[b]], max_abs=m).body_html()
+        )
+    parts.append(
+        _how(
+            "Each token of the response is colored by the probe applied to that token's CETT "
+            "features alone (features &middot; weights + intercept), on one shared scale: red "
+            "pushes towards 'hallucinated', blue towards 'faithful'. Prompt tokens are left "
+            "white. The probe was trained on answer-token means, so single tokens are noisier "
+            "than its verdict."
+        )
+    )
+    h = (
+        NeuronSet.from_dict(_read(run / "h_neurons.json") or {})
+        if (run / "h_neurons.json").is_file()
+        else probe.h_neurons_
+    )
+    if len(h):
+        top = h.top(min(12, len(h))) if h.weights is not None else h
+        layer = torch.tensor([x.layer for x in top])
+        index = torch.tensor([x.index for x in top])
+        acts = cache.activations[:, :, layer, index].float()  # [batch, pos, neuron]
+        labels = [e.label or "?" for e in chosen]
+        mask = real & (resp | batch.region("prompt"))
+        parts.append("<h3>H-neuron activations</h3>")
+        parts.append(
+            views.text_neuron_activations(
+                [views.token_strings(model.tokenizer, t) for t in batch.tokens],
+                acts,
+                top,
+                labels=labels,
+                mask=mask,
+            ).body_html()
+        )
+        parts.append(
+            views.topk_samples(
+                [views.token_strings(model.tokenizer, t) for t in batch.tokens],
+                acts,
+                top,
+                labels=labels,
+                mask=real & resp,
+                k=min(3, len(chosen)),
+            ).body_html()
+        )
+        parts.append(
+            _how(
+                "Pick a neuron to see its activation (the input of the MLP's down projection) on "
+                "every token of faithful and hallucinated responses; below, the responses where it "
+                "peaks, per group. H-neurons should fire more on the answers of hallucinated "
+                "responses."
+            )
+        )
+    return "".join(parts)
+
+
+# -- steer, explain, origin ---------------------------------------------------------------------
+def _steer_section(s: Mapping[str, Any]) -> str:
+    out = [_fig(plots.alpha_sweep(s))]
+    rows = []
+    for suite, by_set in (s.get("slopes") or {}).items():
+        hs = by_set.get("h_neurons") or {}
+        ctrl = [v["slope"] for k, v in by_set.items() if k != "h_neurons" and "slope" in v]
+        ctrl_txt = f"{min(ctrl):+.3f} &hellip; {max(ctrl):+.3f} (n={len(ctrl)})" if ctrl else "n/a"
+        rows.append((html.escape(suite), _ci(hs.get("slope"), hs.get("ci"), sign=True), ctrl_txt))
+    if rows:
+        out.append(
+            _table(
+                rows, ["suite", "H-neuron slope per unit alpha [95% CI]", "control slopes (range)"]
+            )
+        )
+    desc = s.get("suites") or {}
+    if desc:
+        out.append(
+            "<ul>"
+            + "".join(
+                f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in desc.items()
+            )
+            + "</ul>"
+        )
+    out.append(
+        _how(
+            "Every H-neuron's activation is multiplied by alpha while the model answers each "
+            "suite (alpha = 1 is the unchanged model, 0 silences them). Red: the H-neurons with a "
+            "95% bootstrap band over questions; grey: layer-matched random neuron sets of the "
+            "same size. A causal role shows as an H-neuron slope whose interval excludes 0 and "
+            "the controls' slopes."
+        )
+    )
+    return "".join(out)
+
+
+def _explain_section(run: Path) -> str | None:
+    d = run / "explain"
+    cards = _read(d / "cards.json")
+    summary = _read(d / "summary.json") or {}
+    patches = sorted(p for p in d.glob("*.json") if _is_patch(p))
+    if not cards and not patches:
+        return None
+    out = []
+    if cards:
+        rows = []
+        for c in cards:
+            n, st = c["neuron"], c.get("stats") or {}
+            delta = ((c.get("ablation") or {}).get("delta")) or {}
+            drv = (c.get("drivers") or [None])[0]
+            rows.append(
+                (
+                    f"L{n['layer']}.{n['index']}",
+                    _num(c.get("weight"), 4),
+                    html.escape(" ".join(repr(t["token"]) for t in (c.get("promoted") or [])[:5])),
+                    _ci(st.get("effect_size"), [st["ci_low"], st["ci_high"]] if st else None, 2),
+                    html.escape(", ".join(f"{k} {v:+.3g}" for k, v in delta.items())) or "n/a",
+                    html.escape(
+                        f"{drv['kind']} L{drv['layer']}.{drv['index']} ({drv['score']:+.3g})"
+                    )
+                    if drv
+                    else "n/a",
+                )
+            )
+        out.append(
+            _table(
+                rows,
+                [
+                    "neuron",
+                    "weight",
+                    "promotes",
+                    "Cohen's d [95% CI]",
+                    "zero-ablation change",
+                    "top driver",
+                ],
+            )
+        )
+        out.append(
+            _how(
+                "One row per neuron. <b>Promotes</b>: tokens its output direction raises most. "
+                "<b>Cohen's d</b>: hallucinated minus faithful mean activation over answer "
+                "tokens, in pooled standard deviations. <b>Zero-ablation</b>: the change in each "
+                "metric with the neuron silenced. <b>Top driver</b>: the upstream neuron or head "
+                "with the largest attribution to it."
+            )
+        )
+        topk = _cards_topk(cards)
+        if topk is not None:
+            out.append("<h3>Top-activating examples</h3>" + topk.body_html())
+    if summary.get("atp_vs_exact"):
+        out.append("<h3>Attribution vs exact patching</h3>")
+        out.append(
+            _table(
+                [
+                    (
+                        html.escape(str(k)),
+                        _num(v)
+                        if not isinstance(v, (dict, list))
+                        else html.escape(json.dumps(v)[:200]),
+                    )
+                    for k, v in summary["atp_vs_exact"].items()
+                ]
+            )
+        )
+    for p in patches:
+        from hlens.patching import PatchResult
+        from hlens.views import effects_view
+
+        r = PatchResult.load(p.with_suffix(""))
+        out.append(f"<h3>{html.escape(p.stem)}</h3>" + effects_view(r).body_html())
+    return "".join(out)
+
+
+def _is_patch(p: Path) -> bool:
+    if not p.with_suffix(".safetensors").is_file():
+        return False
+    d = _read(p)
+    return isinstance(d, dict) and {"target", "method", "direction"} <= set(d)
+
+
+def _cards_topk(cards: Sequence[Mapping[str, Any]]) -> View | None:
+    """A top-k view from the cards' top examples (activation known at the peak token only)."""
+    import torch
+
+    from hlens.views import topk_samples
+
+    have = [c for c in cards if c.get("top_examples")]
+    if not have:
+        return None
+    k = min(len(c["top_examples"]) for c in have)
+    names = [f"L{c['neuron']['layer']}.{c['neuron']['index']}" for c in have]
+    rows = [(j, ex) for j, c in enumerate(have) for ex in c["top_examples"][:k]]
+    width = max(len(ex["context"]) for _, ex in rows)
+    acts = torch.zeros(len(rows), width, len(have))
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, (j, ex) in enumerate(rows):
+        acts[i, ex["focus"], j] = float(ex["activation"])
+        mask[i, : len(ex["context"])] = True
+    toks = [list(ex["context"]) + [""] * (width - len(ex["context"])) for _, ex in rows]
+    caption = (
+        "Each neuron's strongest examples, its peak token colored (<code>hlens explain</code> "
+        "stores the activation at the peak only)."
+    )
+    return topk_samples(toks, acts, names, k=k, mask=mask, window=None, caption=caption)
+
+
+def _origin_section(s: Mapping[str, Any]) -> str:
+    t, inert = s.get("transfer") or {}, s.get("inertia") or {}
+    items = []
+    if t:
+        items.append(
+            ("probe transfer AUROC on the base model [95% CI]", _ci(t.get("auroc"), t.get("ci")))
+        )
+    if inert:
+        items.append(("H-neuron mean inertia rank", _num(inert.get("mean_rank"))))
+        items.append(("p-value (vs random neurons)", _num(inert.get("p_value"), 4)))
+    out = [_cards(items)] if items else []
+    ranks = inert.get("ranks")
+    h_ranks = inert.get("h_ranks")
+    if h_ranks is None and isinstance(inert.get("per_neuron"), list):
+        h_ranks = [x.get("rank") for x in inert["per_neuron"] if isinstance(x, Mapping)]
+    if ranks is not None and h_ranks is not None:
+        out.append(_fig(plots.inertia_ranks(ranks, [r for r in h_ranks if r is not None])))
+    out.append(
+        _how(
+            "<b>Transfer</b>: the probe trained on the tuned model applied unchanged to the base "
+            "model's activations; a high AUROC means the H-neurons already predicted hallucination "
+            "before fine-tuning. <b>Inertia</b>: every neuron is ranked by how much its parameters "
+            "changed in fine-tuning, normalised to [0, 1] (0 = least); random neurons average 0.5, "
+            "and the p-value tests the H-neurons' mean rank against that."
+        )
+    )
+    return "".join(out)
+
+
+# -- the page -------------------------------------------------------------------------------------
+_CSS = """
+h1{margin-bottom:0}.sub{color:#666;margin-top:4px}nav a{margin-right:14px}
+section{border-top:1px solid #ddd;margin-top:28px}
+table{border-collapse:collapse;margin:10px 0;font-size:.92em}
+td,th{border:1px solid #ddd;padding:4px 9px;vertical-align:top}th{background:#f6f6f6}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:170px}
+.card .v{font-size:1.35em;font-weight:600}.card .l{color:#666;font-size:.85em}
+.ci{color:#777;font-weight:normal;font-size:.85em}
+.figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}.figs img{max-height:340px}
+details.how{background:#f7f9fc;border-left:3px solid #8aa4c8;padding:4px 10px;margin:8px 0}
+details.how summary{cursor:pointer;color:#345}.err{background:#fff4f4;border-left:3px solid #c53030;
+padding:6px 10px;white-space:pre-wrap;font-family:monospace;font-size:.85em}
+p.ex{margin:14px 0 0 0;font-size:.9em}
+"""
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    model: str | None = None,
+    views: bool = True,
+    n_examples: int = 4,
+    device: str | None = None,
+) -> str:
+    """The report page of a run directory, as an HTML string.
+
+    Args:
+        run_dir: a directory written by ``hlens find`` (and optionally steer/explain/origin).
+        model: the model for the token views (default: the run's ``config.json``).
+        views: render the token views (loads the model; skipped when it cannot be loaded).
+        n_examples: test responses shown in the token views.
+        device: torch device for the model.
+
+    Raises:
+        FileNotFoundError: if ``run_dir`` does not exist or holds none of the known results.
+
+    Example:
+        >>> html = build_report("runs/organism", views=False)  # doctest: +SKIP
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"no run directory at {run}")
+    find = _read(run / "summary.json")
+    sections: list[Section] = []
+
+    def add(anchor: str, heading: str, make: Callable[[], str | None]) -> None:
+        try:
+            body = make()
+        except Exception as e:  # one broken part must not take the page down
+            print(f"hlens report: section {heading!r} failed: {e!r}", file=sys.stderr)
+            tb = "".join(traceback.format_exception_only(type(e), e)).strip()
+            body = f"<div class='err'>This section could not be rendered: {html.escape(tb)}</div>"
+        if body:
+            sections.append((anchor, heading, body))
+
+    if find:
+        add(
+            "find",
+            "Which neurons predict hallucination (hlens find)",
+            lambda: _find_section(run, find),
+        )
+        if views:
+            add(
+                "views",
+                "Token-level views",
+                lambda: _views_section(run, find, model, n_examples, device),
+            )
+    steer = _read(run / "steer" / "summary.json")
+    if steer and steer.get("results"):
+        add("steer", "Steering the H-neurons (hlens steer)", lambda: _steer_section(steer))
+    if (run / "explain").is_dir():
+        add("explain", "What the H-neurons do (hlens explain)", lambda: _explain_section(run))
+    origin = _read(run / "origin" / "summary.json")
+    if origin:
+        add("origin", "Where they come from (hlens origin)", lambda: _origin_section(origin))
+    if not sections:
+        raise FileNotFoundError(
+            f"{run} holds none of summary.json, steer/summary.json, explain/cards.json, "
+            "origin/summary.json; run `hlens find --out DIR` first"
+        )
+    f = find or {}
+    title = f"hlens report: {f.get('model', run.name)}"
+    sub = " &middot; ".join(
+        html.escape(str(x))
+        for x in (
+            f"dataset {f['dataset']}" if f.get("dataset") else None,
+            f"{f['n_layers']} layers x {f['d_mlp']} neurons" if f.get("n_layers") else None,
+            f"hlens {f['hlens_version']}" if f.get("hlens_version") else None,
+            f"run {run.resolve().name}",
+            time.strftime("%Y-%m-%d %H:%M"),
+        )
+        if x
+    )
+    nav = "".join(f"<a href='#{a}'>{html.escape(h.split(' (')[0])}</a>" for a, h, _ in sections)
+    body = "".join(
+        f"<section id='{a}'><h2>{html.escape(h)}</h2>{b}</section>" for a, h, b in sections
+    )
+    doc = f"<style>{_CSS}</style><h1>{html.escape(title)}</h1><p class='sub'>{sub}</p>"
+    doc += f"<nav>{nav}</nav>{body}"
+    return page(title, doc, bundle="CircuitsVis.render" in body)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs: Any) -> Path:
+    """Write :func:`build_report` to ``out`` (default ``RUN_DIR/report.html``); returns the path.
+
+    Example:
+        >>> write_report("runs/organism")  # doctest: +SKIP
+        PosixPath('runs/organism/report.html')
+    """
+    path = Path(out) if out is not None else Path(run_dir) / "report.html"
+    text = build_report(run_dir, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hlens report``."""
+    parser.add_argument("run_dir", help="a run directory (hlens find --out)")
+    parser.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
+    parser.add_argument("--model", default=None, help="model for token views (default: the run's)")
+    parser.add_argument("--no-views", action="store_true", help="skip views that need the model")
+    parser.add_argument("--n-examples", type=int, default=4, help="responses in the token views")
+    parser.add_argument("--device", default=None, help="torch device for the token views")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hlens report``."""
+    path = write_report(
+        args.run_dir,
+        args.out,
+        model=args.model,
+        views=not args.no_views,
+        n_examples=args.n_examples,
+        device=args.device,
+    )
+    print(f"wrote {path}")
+    return 0
