@@ -1,0 +1,226 @@
+"""Steering vectors in the residual stream: difference of means, addition, directional ablation.
+
+A steering vector (CAA / ActAdd style) is the difference between the mean residual stream of two
+labelled sets at the output of one block (``blocks.{layer}.hook_out``, which the bridge also names
+``blocks.{layer}.hook_resid_post``). :func:`steer` adds ``coef * vector`` there during forward
+passes and generation; :func:`ablate_direction` projects a direction out of the residual stream.
+
+Example:
+    >>> v = steering_vector(model, hallucinated, faithful, layer=2)  # doctest: +SKIP
+    >>> with steer(model, v, coef=-4.0, layer=2):  # doctest: +SKIP
+    ...     responses = sample_responses(model.hf_model, model.tokenizer, prompts, ids, cfg)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from hlens.cache import right_align
+from hlens.interventions import Positions, position_hook
+from hlens.prompts import REGIONS, PromptFormat, TokenBatch
+
+__all__ = [
+    "ablate_direction",
+    "residual_hook",
+    "residual_mean",
+    "steer",
+    "steering_vector",
+]
+
+
+def residual_hook(layer: int) -> str:
+    """Hook name of the residual stream after block ``layer`` (``blocks.{layer}.hook_out``)."""
+    return f"blocks.{layer}.hook_out"
+
+
+def _check_vector(model: Any, vector: Tensor) -> None:
+    if vector.shape != (model.d_model,):
+        raise ValueError(
+            f"the steering vector has shape {tuple(vector.shape)} but should have shape "
+            f"({model.d_model},) (d_model); a [batch, pos, d_model] tensor would broadcast "
+            "silently, so pass one vector"
+        )
+
+
+@torch.no_grad()
+def residual_mean(
+    model: Any,
+    inputs: Any,
+    layer: int,
+    *,
+    positions: Literal["last", "mean"] | str = "last",
+    batch_size: int = 16,
+    fmt: PromptFormat | None = None,
+) -> Float[Tensor, " d_model"]:
+    """Mean residual stream after block ``layer`` over a set of inputs.
+
+    Args:
+        model: an :class:`hlens.Model`.
+        inputs: texts, :class:`~hlens.Example` objects, token ids or a TokenBatch.
+        layer: the block whose output is read.
+        positions: ``"last"`` (the last real token of each sequence), ``"mean"`` (every real
+            token), or a region name of :data:`hlens.prompts.REGIONS` (examples only, e.g.
+            ``"answer"``: the answer tokens).
+        batch_size: sequences per forward pass.
+        fmt: how examples are rendered.
+
+    Returns:
+        The mean over the selected tokens (each token weighs the same), in the score dtype.
+    """
+    model._check_layer(layer)
+    batch: TokenBatch = model.as_batch(inputs, None, fmt)
+    if positions in ("last", "mean"):
+        select = batch.attention_mask.bool()
+        if positions == "last":
+            last = torch.zeros_like(select)
+            ends = select.long().cumsum(1).argmax(1)  # the last real token (either padding side)
+            last[torch.arange(len(batch)), ends] = True
+            select = last
+    elif positions in REGIONS:
+        select = batch.region(positions) & batch.attention_mask.bool()
+    else:
+        raise ValueError(
+            f"positions must be 'last', 'mean' or a region of {REGIONS}; got {positions!r}"
+        )
+    dtype = model.score_dtype
+    total = torch.zeros(model.d_model, dtype=dtype)
+    count = 0
+    sel = torch.empty(0)
+
+    def grab(resid: Tensor, *, hook: Any) -> Tensor:
+        nonlocal total
+        total = total + (resid.detach().to(dtype).cpu() * sel[..., None]).sum(dim=(0, 1))
+        return resid
+
+    with model.bridge.hooks(fwd_hooks=[(residual_hook(layer), grab)]):
+        for start in range(0, len(batch), batch_size):
+            rows = slice(start, start + batch_size)
+            tokens, attn, index = right_align(batch.tokens[rows], batch.attention_mask[rows])
+            # the selection, moved into the right-aligned layout
+            sel = torch.zeros(index.shape, dtype=dtype).scatter_(1, index, select[rows].to(dtype))
+            count += int(sel.sum())
+            model.bridge(
+                tokens.to(model.device), return_type=None, attention_mask=attn.to(model.device)
+            )
+    if count == 0:
+        raise ValueError(f"no tokens selected by positions={positions!r}")
+    return total / count
+
+
+def steering_vector(
+    model: Any,
+    positive: Any,
+    negative: Any,
+    layer: int,
+    *,
+    positions: Literal["last", "mean"] | str = "last",
+    batch_size: int = 16,
+    fmt: PromptFormat | None = None,
+) -> Float[Tensor, " d_model"]:
+    """Difference of means, ``mean(positive) - mean(negative)``, of the residual after ``layer``.
+
+    Args:
+        model: an :class:`hlens.Model`.
+        positive: inputs of the behaviour to add (texts, examples, tokens or a TokenBatch).
+        negative: inputs of the opposite behaviour.
+        layer: the block whose output is read (and later steered).
+        positions: which tokens to average; see :func:`residual_mean`.
+        batch_size: sequences per forward pass.
+        fmt: how examples are rendered.
+
+    Example:
+        >>> v = steering_vector(model, ["I don't know."], ["Paris."], layer=1)  # doctest: +SKIP
+        >>> v.shape  # doctest: +SKIP
+        torch.Size([32])
+    """
+    kw = dict(positions=positions, batch_size=batch_size, fmt=fmt)
+    return residual_mean(model, positive, layer, **kw) - residual_mean(model, negative, layer, **kw)
+
+
+@contextmanager
+def steer(
+    model: Any,
+    vector: Float[Tensor, " d_model"],
+    coef: float,
+    layer: int,
+    *,
+    positions: Positions = "all",
+) -> Iterator[None]:
+    """Add ``coef * vector`` to the residual stream after block ``layer`` inside the block.
+
+    Args:
+        model: an :class:`hlens.Model`.
+        vector: a ``[d_model]`` direction (e.g. from :func:`steering_vector`).
+        coef: its coefficient (``0`` is an exact no-op).
+        layer: the block whose output is changed.
+        positions: which positions to change; see :data:`hlens.interventions.Positions`.
+
+    Example:
+        >>> with steer(model, v, coef=4.0, layer=1):  # doctest: +SKIP
+        ...     out = model.hf_model.generate(ids, max_new_tokens=8)
+    """
+    model._check_layer(layer)
+    _check_vector(model, vector)
+    delta = (float(coef) * vector.detach().double()).to(model.dtype)
+    cast: dict[tuple, Tensor] = {}
+
+    def add(resid: Tensor) -> Tensor:
+        key = (resid.device, resid.dtype)
+        if key not in cast:
+            cast[key] = delta.to(resid.device, resid.dtype)
+        return resid + cast[key]
+
+    hook, stack = position_hook(model, positions, add)
+    with stack, model.bridge.hooks(fwd_hooks=[(residual_hook(layer), hook)]):
+        yield
+
+
+@contextmanager
+def ablate_direction(
+    model: Any,
+    vector: Float[Tensor, " d_model"],
+    layers: Sequence[int] | None = None,
+    *,
+    positions: Positions = "all",
+) -> Iterator[None]:
+    """Project ``vector``'s direction out of the residual stream after each of ``layers``.
+
+    ``x <- x - (x . u) u`` with ``u = vector / ||vector||``, at ``blocks.{l}.hook_out``. With
+    ``layers=None`` every block's output is projected, and the embedding too
+    (``blocks.0.hook_in``), so the direction is absent from the whole residual stream.
+
+    Example:
+        >>> with ablate_direction(model, v):  # doctest: +SKIP
+        ...     logits = model.bridge(tokens)
+    """
+    _check_vector(model, vector)
+    norm = vector.detach().double().norm()
+    if norm == 0:
+        raise ValueError("cannot ablate the direction of a zero vector")
+    unit = vector.detach().double() / norm
+    names = [residual_hook(layer) for layer in model.check_layers(layers)]
+    if layers is None:
+        names.insert(0, "blocks.0.hook_in")
+    cast: dict[tuple, Tensor] = {}
+
+    def project(resid: Tensor) -> Tensor:
+        key = (resid.device, resid.dtype)
+        if key not in cast:
+            cast[key] = unit.to(resid.device, resid.dtype)
+        u = cast[key]
+        return resid - (resid @ u)[..., None] * u
+
+    with ExitStack() as stack:
+        fwd: list[tuple[str, Callable]] = []
+        for name in names:
+            hook, sub = position_hook(model, positions, project)
+            stack.enter_context(sub)
+            fwd.append((name, hook))
+        stack.enter_context(model.bridge.hooks(fwd_hooks=fwd))
+        yield
