@@ -11,17 +11,26 @@ Example:
 """
 
 from hlens._version import __version__ as __version__
+from hlens.attribution import attribution_patching as attribution_patching
+from hlens.attribution import compare_scores as compare_scores
+from hlens.attribution import direct_logit_attribution as direct_logit_attribution
+from hlens.attribution import integrated_gradients as integrated_gradients
 from hlens.cache import NeuronCache as NeuronCache
 from hlens.cett import aggregate_region as aggregate_region
 from hlens.cett import cett as cett
 from hlens.datasets import load_qa_file as load_qa_file
 from hlens.datasets import load_triviaqa as load_triviaqa
 from hlens.examples import Example as Example
+from hlens.explain import NeuronCard as NeuronCard
+from hlens.explain import report_cards as report_cards
 from hlens.features import CETTConfig as CETTConfig
 from hlens.features import FeatureStore as FeatureStore
 from hlens.features import extract_features as extract_features
 from hlens.find import FindConfig as FindConfig
 from hlens.find import find as find
+from hlens.interventions import ablate_neurons as ablate_neurons
+from hlens.interventions import neuron_means as neuron_means
+from hlens.interventions import scale_neurons as scale_neurons
 from hlens.judge import Judge as Judge
 from hlens.judge import Judgement as Judgement
 from hlens.judge import RuleJudge as RuleJudge
@@ -35,6 +44,9 @@ from hlens.neurons import NeuronSet as NeuronSet
 from hlens.origin import backward_transfer as backward_transfer
 from hlens.origin import inertia_test as inertia_test
 from hlens.origin import parameter_inertia as parameter_inertia
+from hlens.patching import PatchResult as PatchResult
+from hlens.patching import exact_patching as exact_patching
+from hlens.patching import logit_diff as logit_diff
 from hlens.probe import NeuronProbe as NeuronProbe
 from hlens.probe import build_training_set as build_training_set
 from hlens.probe import c_path as c_path
@@ -54,6 +66,12 @@ from hlens.sampling import SamplingConfig as SamplingConfig
 from hlens.sampling import sample_responses as sample_responses
 from hlens.splits import Splits as Splits
 from hlens.splits import make_splits as make_splits
+from hlens.steering import ablate_direction as ablate_direction
+from hlens.steering import steer as steer
+from hlens.steering import steering_vector as steering_vector
+from hlens.suites import Suite as Suite
+from hlens.suites import SuiteResult as SuiteResult
+from hlens.suites import organism_suites as organism_suites
 from hlens.views import View as View
 from hlens.views import colored_tokens as colored_tokens
 from hlens.views import effects_view as effects_view
@@ -71,40 +89,58 @@ __all__ = [
     "MLPFamily",
     "Model",
     "NeuronCache",
+    "NeuronCard",
     "NeuronId",
     "NeuronProbe",
     "NeuronSet",
+    "PatchResult",
     "ProbeMetrics",
     "PromptFormat",
     "RuleJudge",
     "SamplingConfig",
     "Splits",
+    "Suite",
+    "SuiteResult",
     "TokenBatch",
     "UnsupportedModelError",
     "View",
     "__version__",
+    "ablate_direction",
+    "ablate_neurons",
     "aggregate_region",
+    "attribution_patching",
     "backward_transfer",
     "build_training_set",
     "c_path",
     "cett",
     "colored_tokens",
+    "compare_scores",
     "consistency_filter",
+    "direct_logit_attribution",
     "effects_view",
+    "exact_patching",
     "extract_features",
     "find",
     "inertia_test",
+    "integrated_gradients",
     "load",
     "load_qa_file",
     "load_triviaqa",
     "locate_answer",
+    "logit_diff",
     "make_splits",
+    "neuron_means",
+    "organism_suites",
     "parameter_inertia",
     "random_neuron_baseline",
     "register_family",
     "render",
+    "report_cards",
     "sample_responses",
+    "scale_neurons",
     "select_C",
+    "steer",
+    "steering_vector",
     "supported_architectures",
     "text_neuron_activations",
     "tokenize_examples",
