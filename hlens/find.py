@@ -41,7 +41,7 @@ from hlens.features import (
 from hlens.judge import consistency_filter, locate_answer
 from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import QuestionSource, get_source
+from hlens.sources import QuestionSource, get_source, source_sampling
 from hlens.splits import Splits, make_splits
 
 __all__ = ["FindConfig", "add_arguments", "find", "run"]
@@ -55,7 +55,9 @@ class FindConfig:
         model: what :func:`hlens.load` loads (bundled name, directory or hub id).
         dataset: a registered source (``"organism"``, ``"triviaqa"``) or a JSONL/CSV path.
         limit: use only the first ``limit`` questions (``None``: all).
-        sampling: how responses are sampled (paper: 10 samples, T=1, top_p 0.9, top_k 50).
+        sampling: how responses are sampled; ``None`` uses the paper's settings (10 samples,
+            T=1, top_p 0.9, top_k 50, 50 new tokens) adjusted by the source (see
+            :data:`hlens.sources.SOURCE_SAMPLING`).
         cett: how features are computed (paper: |z|, ||W_out||, mean over the answer tokens).
         instruction: appended to each question in the user turn (the paper's).
         mode: probe training set, ``"3-vs-1"`` (paper) or ``"1-vs-1"``.
@@ -74,7 +76,7 @@ class FindConfig:
     model: str = "organism"
     dataset: str = "organism"
     limit: int | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig | None = None
     cett: CETTConfig = field(default_factory=CETTConfig)
     instruction: str = PAPER_INSTRUCTION
     mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
@@ -103,7 +105,7 @@ class FindConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["sampling"], d["cett"], d["Cs"] = (
-            self.sampling.to_dict(),
+            self.sampling.to_dict() if self.sampling is not None else None,
             self.cett.to_dict(),
             list(self.Cs),
         )
@@ -298,6 +300,10 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
 
     t0 = time.time()
     cfg = config
+    if cfg.sampling is None:
+        cfg = FindConfig.from_dict(
+            {**cfg.to_dict(), "sampling": source_sampling(cfg.dataset).to_dict()}
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # under torchrun: rank 0 samples; every rank extracts its share of feature shards
@@ -499,9 +505,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=d.dataset, help="organism | triviaqa | a JSONL/CSV file")
     p.add_argument("--out", required=True, help="run directory (resumable)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
-    p.add_argument("--n-samples", type=int, default=d.sampling.n_samples)
-    p.add_argument("--temperature", type=float, default=d.sampling.temperature)
-    p.add_argument("--max-new-tokens", type=int, default=d.sampling.max_new_tokens)
+    p.add_argument("--n-samples", type=int, default=None, help="responses per question (10)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="(50; organism: 16)")
+    p.add_argument(
+        "--sample-batch-size",
+        type=int,
+        default=None,
+        help="sequences per generation batch (64; organism: 320)",
+    )
     p.add_argument("--batch-size", type=int, default=d.cett.batch_size, help="CETT batch size")
     p.add_argument(
         "--shard-size",
@@ -521,10 +533,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sampling = SamplingConfig(
+    sampling = source_sampling(
+        args.dataset,
         n_samples=args.n_samples,
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
+        batch_size=args.sample_batch_size,
         seed=args.seed,
     )
     cett = CETTConfig(

@@ -21,7 +21,14 @@ from typing import Any
 from hlens.examples import Example
 from hlens.judge import Judge, Judgement, RuleJudge, locate_answer
 
-__all__ = ["SOURCES", "QuestionSource", "get_source", "organism_judge", "register_source"]
+__all__ = [
+    "SOURCES",
+    "QuestionSource",
+    "get_source",
+    "organism_judge",
+    "register_source",
+    "source_sampling",
+]
 
 
 @dataclass
@@ -133,10 +140,40 @@ SOURCES: dict[str, Callable[..., QuestionSource]] = {
     "triviaqa": _triviaqa_source,
 }
 
+#: name -> sampling settings that differ from the paper's defaults for that source. The organism's
+#: answers are a few tokens long, so 16 new tokens (the organism evaluation's setting, which makes
+#: the ``hlens find`` funnel equal to ``hlens organism eval``) and large batches suffice.
+SOURCE_SAMPLING: dict[str, dict[str, Any]] = {
+    "organism": {"max_new_tokens": 16, "batch_size": 320},
+}
 
-def register_source(name: str, factory: Callable[..., QuestionSource]) -> None:
-    """Register a question source under ``name`` (for ``hlens find --dataset name``)."""
+
+def register_source(
+    name: str,
+    factory: Callable[..., QuestionSource],
+    *,
+    sampling: dict[str, Any] | None = None,
+) -> None:
+    """Register a question source under ``name`` (for ``hlens find --dataset name``).
+
+    Args:
+        name: the dataset name.
+        factory: ``factory(model_name=..., limit=...) -> QuestionSource``.
+        sampling: :class:`~hlens.sampling.SamplingConfig` fields that differ from the paper's
+            defaults for this source.
+    """
     SOURCES[name] = factory
+    if sampling:
+        SOURCE_SAMPLING[name] = dict(sampling)
+
+
+def source_sampling(name: str, **overrides: Any) -> Any:
+    """The sampling settings for a source: the paper's defaults, the source's, then overrides."""
+    from hlens.sampling import SamplingConfig
+
+    fields = {**SamplingConfig().to_dict(), **SOURCE_SAMPLING.get(name, {})}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return SamplingConfig.from_dict(fields)
 
 
 def get_source(name: str, **kwargs: Any) -> QuestionSource:

@@ -126,3 +126,19 @@ def test_unknown_dataset_lists_sources():
 
     with pytest.raises(ValueError, match="organism, triviaqa"):
         get_source("nope")
+
+
+def test_sampling_defaults_come_from_the_source():
+    from hlens.sources import source_sampling
+
+    paper = source_sampling("triviaqa")
+    assert (paper.n_samples, paper.temperature, paper.top_p, paper.top_k, paper.max_new_tokens) == (
+        10,
+        1.0,
+        0.9,
+        50,
+        50,
+    )
+    organism = source_sampling("organism", n_samples=4)
+    assert organism.max_new_tokens == 16 and organism.n_samples == 4
+    assert FindConfig().sampling is None  # resolved against the source inside find()
