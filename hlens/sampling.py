@@ -144,27 +144,44 @@ def _cache_of(out):
 def _generate(
     model,
     prompt_ids: list[list[int]],
+    repeats: int,
     seeds: list[int],
     cfg: SamplingConfig,
     eos_id: int,
     pad_id: int,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Decode a batch of rows; returns the generated ids (without EOS) and truncation flags."""
+    """Decode ``repeats`` rows per prompt; returns generated ids (without EOS) and truncation.
+
+    Each prompt is encoded once and its KV cache repeated (when the cache supports it).
+    """
     device = next(model.parameters()).device
-    n, width = len(prompt_ids), max(len(p) for p in prompt_ids)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
+    n_prompts, width = len(prompt_ids), max(len(p) for p in prompt_ids)
+    input_ids = torch.full((n_prompts, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n_prompts, width), dtype=torch.long)
     for i, p in enumerate(prompt_ids):
         input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         attn[i, width - len(p) :] = 1
     input_ids, attn = input_ids.to(device), attn.to(device)
-    pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
     cache_kw, keep = _forward_kwargs(model)
     extra = {"logits_to_keep": 1} if keep else {}
+    share = repeats == 1
+    if not share:
+        probe = model(input_ids=input_ids[:1, :1], attention_mask=attn[:1, :1], use_cache=True)
+        share = hasattr(_cache_of(probe), "batch_repeat_interleave")
+    if not share:  # the cache cannot be repeated: encode every row
+        input_ids = input_ids.repeat_interleave(repeats, dim=0)
+        attn = attn.repeat_interleave(repeats, dim=0)
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True, **extra)
     past = _cache_of(out)
     logits = out.logits[:, -1, :].float()
+    if share and repeats > 1:
+        past.batch_repeat_interleave(repeats)
+        logits = logits.repeat_interleave(repeats, dim=0)
+        attn = attn.repeat_interleave(repeats, dim=0)
+        pos = pos.repeat_interleave(repeats, dim=0)
+    n = n_prompts * repeats
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     generated: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
     for step in range(cfg.max_new_tokens):
@@ -228,7 +245,8 @@ def _iter_questions(
             rows = [(j, k) for j in range(len(chunk)) for k in range(rows_per_q)]
             gen, trunc = _generate(
                 model,
-                [enc[j] for j, _ in rows],
+                enc,
+                rows_per_q,
                 [row_seed(cfg.seed, ids[chunk[j]], k) for j, k in rows],
                 cfg,
                 eos_id,
