@@ -324,6 +324,8 @@ def origin(
         {k: v.contiguous() for k, v in inertia.__dict__.items() if v is not None},
         str(out / "inertia.safetensors"),
     )
+    if inertia.rank.numel() <= 200_000:  # all ranks, for the report's histogram
+        test = {**test, "ranks": [round(float(r), 6) for r in inertia.rank.flatten()]}
     summary = {
         "base": base_name,
         "tuned": tuned_name,
@@ -342,14 +344,11 @@ def origin(
 
 
 def _plots(inertia: Inertia, h: NeuronSet, out: Path) -> None:
-    try:
-        from hlens import plots
-    except ImportError:
-        return
-    fn = getattr(plots, "inertia_ranks", None)
-    if fn is not None:
-        fig = fn(inertia.rank, h)
-        fig.savefig(out / "inertia_ranks.png", dpi=120, bbox_inches="tight")
+    from hlens import plots
+
+    flat = inertia.rank.flatten()
+    fig = plots.inertia_ranks(flat, flat[h.flat()] if len(h) else [])
+    fig.savefig(out / "inertia_ranks.png", dpi=120, bbox_inches="tight")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -305,8 +305,9 @@ def inertia_ranks(
 ) -> Figure:
     """Histogram of all neurons' normalised inertia ranks, with the H-neurons marked.
 
-    A rank near 0 means the neuron's parameters changed least between the base and the tuned
-    model; H-neurons piling up on one side means their parameters are unusually inert (or not).
+    Ranks follow :func:`hlens.parameter_inertia`: 0 is the neuron whose parameters changed most
+    between the base and the tuned model, 1 the one that changed least; H-neurons piling up near 1
+    means their parameters are unusually inert.
 
     Args:
         ranks: every neuron's normalised rank in ``[0, 1]``.

@@ -503,8 +503,9 @@ def _origin_section(s: Mapping[str, Any]) -> str:
             "<b>Transfer</b>: the probe trained on the tuned model applied unchanged to the base "
             "model's activations; a high AUROC means the H-neurons already predicted hallucination "
             "before fine-tuning. <b>Inertia</b>: every neuron is ranked by how much its parameters "
-            "changed in fine-tuning, normalised to [0, 1] (0 = least); random neurons average 0.5, "
-            "and the p-value tests the H-neurons' mean rank against that."
+            "changed in fine-tuning, normalised to [0, 1] (0 = changed most); random neurons "
+            "average 0.5, and the one-sided p-value tests whether the H-neurons changed less (a "
+            "higher mean rank) than layer-matched random sets."
         )
     )
     return "".join(out)
