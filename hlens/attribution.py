@@ -49,6 +49,7 @@ from hlens.patching import (
     _per_row,
     _repeat,
     _right_aligned,
+    capture,
     forward_metric,
     group_masks,
     hook_name,
@@ -382,21 +383,7 @@ def direct_logit_attribution(
     names = ["ln_final.hook_in"] + [fam.activation_hook(la) for la in sel]
     if fam.post_ffn_norm:
         names += [fam.output_hook(la) for la in sel]
-    store: dict[str, Tensor] = {}
-
-    def grabber(name: str) -> Callable:
-        def grab(t: Tensor, *, hook: Any) -> Tensor:
-            store[name] = t.detach()
-            return t
-
-        return grab
-
-    with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(n, grabber(n)) for n in names]):
-        model.bridge(
-            batch.tokens.to(model.device),
-            return_type=None,
-            attention_mask=batch.attention_mask.to(model.device),
-        )
+    store = capture(model, batch, names)
     rows = torch.arange(len(batch))
     last = _last_pos(batch)
 

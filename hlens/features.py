@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from hlens._version import __version__
 from hlens.cache import neuron_hooks, run_forward
 from hlens.examples import Example
-from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
+from hlens.prompts import REGIONS, PromptFormat, TokenBatch, render, tokenize_examples
 
 __all__ = [
     "CETTConfig",
@@ -236,6 +236,7 @@ def extract_features(
     else:  # every rank may write it: the content is identical and the rename atomic
         _atomic_write_text(cfg_path, json.dumps(meta, indent=1))
     n_shards = -(-len(examples) // config.shard_size)
+    n_layers = len(model.check_layers(config.layers))
     mine = [k for k in range(n_shards) if k % world_size == rank]
     todo = [k for k in mine if not (out / f"{_shard_name(k)}.json").exists()]
     n_todo = sum(len(examples[k * config.shard_size : (k + 1) * config.shard_size]) for k in todo)
@@ -247,11 +248,18 @@ def extract_features(
     )
     for k in todo:
         shard = examples[k * config.shard_size : (k + 1) * config.shard_size]
-        parts: dict[str, list[Tensor]] = {r: [] for r in config.regions}
+        # batch examples of similar length together (less padding), then restore shard order
+        order = sorted(
+            range(len(shard)), key=lambda i: len(render(shard[i], model.tokenizer, fmt).text)
+        )
+        tensors = {
+            r: torch.empty(len(shard), n_layers, model.d_mlp, dtype=torch.float32)
+            for r in config.regions
+        }
         for start in range(0, len(shard), config.batch_size):
-            chunk = shard[start : start + config.batch_size]
+            rows = order[start : start + config.batch_size]
             batch = tokenize_examples(
-                chunk,
+                [shard[i] for i in rows],
                 model.tokenizer,
                 fmt,
                 padding_side="right",
@@ -260,9 +268,8 @@ def extract_features(
             )
             feats = features_for_batch(model, batch, config)
             for r in config.regions:
-                parts[r].append(feats[r].float())
-            bar.update(len(chunk))
-        tensors = {r: torch.cat(v).contiguous() for r, v in parts.items()}
+                tensors[r][rows] = feats[r].float()
+            bar.update(len(rows))
         name = _shard_name(k)
         tmp = out / f"{name}.safetensors.tmp{os.getpid()}"
         save_file(tensors, str(tmp))

@@ -512,6 +512,14 @@ def _single(fn: Callable[..., list[str]], judge: Any) -> Labeler:
     return label
 
 
+def _file_suite(
+    name: str, examples: list[Example], tokenizer: Any, fmt: PromptFormat | None, labeler: Labeler,
+    positive: str, description: str, max_new_tokens: int,
+) -> Suite:  # fmt: skip
+    return Suite(name, examples, _prompt_fn(tokenizer, fmt), labeler, (positive,), description,
+                 max_new_tokens=max_new_tokens)  # fmt: skip
+
+
 def falseqa_suite(
     path: str, tokenizer: Any, *, judge: Any = None, limit: int | None = None,
     fmt: PromptFormat | None = None, max_new_tokens: int = 128,
@@ -524,15 +532,9 @@ def falseqa_suite(
     from hlens.suites_data import falseqa_labels, load_falseqa
 
     examples = [ex for ex in load_falseqa(path, limit) if ex.meta["false_premise"]]
-    return Suite(
-        "falseqa",
-        examples,
-        _prompt_fn(tokenizer, fmt),
-        _single(falseqa_labels, judge),
-        ("accepts_premise",),
-        "share of false-premise questions answered as if true",
-        max_new_tokens=max_new_tokens,
-    )
+    return _file_suite("falseqa", examples, tokenizer, fmt, _single(falseqa_labels, judge),
+                       "accepts_premise", "share of false-premise questions answered as if true",
+                       max_new_tokens)  # fmt: skip
 
 
 def truthfulqa_suite(
@@ -542,15 +544,10 @@ def truthfulqa_suite(
     """TruthfulQA; rate: share of responses closer to an incorrect answer (``untruthful``)."""
     from hlens.suites_data import load_truthfulqa, truthfulqa_labels
 
-    return Suite(
-        "truthfulqa",
-        load_truthfulqa(path, limit),
-        _prompt_fn(tokenizer, fmt),
-        _single(truthfulqa_labels, judge),
-        ("untruthful",),
-        "share of responses closer to an incorrect reference answer",
-        max_new_tokens=max_new_tokens,
-    )
+    return _file_suite("truthfulqa", load_truthfulqa(path, limit), tokenizer, fmt,
+                       _single(truthfulqa_labels, judge), "untruthful",
+                       "share of responses closer to an incorrect reference answer",
+                       max_new_tokens)  # fmt: skip
 
 
 def simpleqa_suite(
@@ -560,15 +557,10 @@ def simpleqa_suite(
     """SimpleQA Verified; rate: share of ``incorrect`` (attempted and wrong) responses."""
     from hlens.suites_data import load_simpleqa, simpleqa_labels
 
-    return Suite(
-        "simpleqa",
-        load_simpleqa(path, limit),
-        _prompt_fn(tokenizer, fmt),
-        _single(simpleqa_labels, judge),
-        ("incorrect",),
-        "share of responses that attempt an answer and get it wrong",
-        max_new_tokens=max_new_tokens,
-    )
+    return _file_suite("simpleqa", load_simpleqa(path, limit), tokenizer, fmt,
+                       _single(simpleqa_labels, judge), "incorrect",
+                       "share of responses that attempt an answer and get it wrong",
+                       max_new_tokens)  # fmt: skip
 
 
 def forbidden_suite(
@@ -578,15 +570,9 @@ def forbidden_suite(
     """Forbidden questions; rate: share of responses that comply instead of refusing."""
     from hlens.suites_data import forbidden_labels, load_forbidden
 
-    return Suite(
-        "forbidden",
-        load_forbidden(path, limit),
-        _prompt_fn(tokenizer, fmt),
-        _single(forbidden_labels, judge),
-        ("compliance",),
-        "share of harmful requests complied with",
-        max_new_tokens=max_new_tokens,
-    )
+    return _file_suite("forbidden", load_forbidden(path, limit), tokenizer, fmt,
+                       _single(forbidden_labels, judge), "compliance",
+                       "share of harmful requests complied with", max_new_tokens)  # fmt: skip
 
 
 def _datasets() -> Any:
