@@ -56,7 +56,7 @@ def run(quick: bool = True) -> dict[str, Any]:
         else:
             model = hlens.load(_random_llama(Path(tmp) / "llama", quick), device="cpu")
             source = "random llama"
-        n_prompts, max_new, repeats = (8, 8, 4) if quick else (32, 16, 4)
+        n_prompts, max_new, repeats = (8, 8, 4) if quick else (320, 16, 7)
         cfg = SamplingConfig(
             n_samples=1 if quick else 2,
             temperature=1.0,
