@@ -232,14 +232,23 @@ def figure_img(fig: Any, *, dpi: int = 110, alt: str = "figure") -> str:
 
 # -- tokens and scores ----------------------------------------------------------------------------
 def token_strings(tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:
-    """Each token id decoded on its own (so spaces show), for the views' ``tokens`` arguments.
+    """The text of each token in context (so spaces show), for the views' ``tokens`` arguments.
 
     Example:
         >>> token_strings(tokenizer, batch.tokens[0])  # doctest: +SKIP
         ['<s>', 'Q', ':', ' Who', ...]
     """
-    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
-    return [tokenizer.decode([int(i)]) for i in ids]
+    ids = [int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)]
+    if len(ids) > 1024:  # incremental decoding is quadratic; long sequences decode token by token
+        return [tokenizer.decode([i]) for i in ids]
+    # Decode growing prefixes so every token carries the spacing the tokenizer gives it in context
+    # (WordPiece "##" pieces, SentencePiece and byte-level spaces alike).
+    out, prev = [], ""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n])
+        out.append(text[len(prev) :] if text.startswith(prev) else tokenizer.decode([ids[n - 1]]))
+        prev = text
+    return out
 
 
 def token_scores(
