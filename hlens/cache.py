@@ -127,11 +127,29 @@ def right_align(
     right-aligned: with left padding, pad queries attend to nothing, and in float64 Hugging Face's
     eager attention turns those rows into NaN that then leaks into real tokens.
     """
-    n_pad = (attention_mask == 0).long().cumprod(dim=1).sum(dim=1, keepdim=True)  # leading pads
-    pos = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
-    src = (pos + n_pad) % tokens.shape[1]  # right-aligned position p reads original src[p]
-    index = (pos - n_pad) % tokens.shape[1]  # original position p lives at index[p]
+    src, index = _right_align_maps(attention_mask)
     return tokens.gather(1, src), attention_mask.gather(1, src), index
+
+
+def _right_align_maps(attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(src, index)``: right-aligned position p reads original ``src[p]``; original position p
+    lives at ``index[p]``."""
+    n_pad = (attention_mask == 0).long().cumprod(dim=1).sum(dim=1, keepdim=True)  # leading pads
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    return (pos + n_pad) % attention_mask.shape[1], (pos - n_pad) % attention_mask.shape[1]
+
+
+def right_align_batch(batch: TokenBatch) -> TokenBatch:
+    """``batch`` with left padding moved to the right, region masks included."""
+    src, _ = _right_align_maps(batch.attention_mask)
+    regions = {k: v.gather(1, src) for k, v in batch.regions.items()}
+    return TokenBatch(
+        batch.tokens.gather(1, src),
+        batch.attention_mask.gather(1, src),
+        regions,
+        batch.examples,
+        "right",
+    )
 
 
 class _StopForward(Exception):

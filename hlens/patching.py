@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hlens.cache import right_align
+from hlens.cache import right_align_batch
 from hlens.neurons import NeuronId, NeuronSet
 from hlens.prompts import TokenBatch
 
@@ -283,12 +283,7 @@ _TENSORS = ("scores", "per_pair", "clean_metric", "corrupt_metric")
 def _right_aligned(batch: TokenBatch) -> TokenBatch:
     if batch.padding_side != "left" and not bool((batch.attention_mask[:, 0] == 0).any()):
         return batch
-    tokens, mask, _ = right_align(batch.tokens, batch.attention_mask)
-    n_pad = (batch.attention_mask == 0).long().cumprod(1).sum(1, keepdim=True)
-    pos = torch.arange(batch.tokens.shape[1]).unsqueeze(0)
-    src = (pos + n_pad) % batch.tokens.shape[1]
-    regions = {k: v.gather(1, src) for k, v in batch.regions.items()}
-    return TokenBatch(tokens, mask, regions, batch.examples, "right")
+    return right_align_batch(batch)
 
 
 def patch_pairs(model: Any, clean: Any, corrupt: Any) -> tuple[TokenBatch, TokenBatch]:
