@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from hlens._version import __version__
 from hlens.cache import neuron_hooks, run_forward
 from hlens.examples import Example
-from hlens.prompts import REGIONS, PromptFormat, TokenBatch, render, tokenize_examples
+from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
 
 __all__ = [
     "CETTConfig",
@@ -249,8 +249,12 @@ def extract_features(
     for k in todo:
         shard = examples[k * config.shard_size : (k + 1) * config.shard_size]
         # batch examples of similar length together (less padding), then restore shard order
+        # (text length is a close proxy: the template adds the same text to every example)
         order = sorted(
-            range(len(shard)), key=lambda i: len(render(shard[i], model.tokenizer, fmt).text)
+            range(len(shard)),
+            key=lambda i: (
+                len(shard[i].question) + len(shard[i].response) + len(shard[i].system or "")
+            ),
         )
         tensors = {
             r: torch.empty(len(shard), n_layers, model.d_mlp, dtype=torch.float32)
