@@ -295,7 +295,7 @@ def _ood(
 def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the identification pipeline; returns (and writes) the summary. See the module doc."""
     import hlens
-    from hlens.formats import ConsistencyRecord, write_consistency_samples
+    from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
     from hlens.probe import random_neuron_baseline
 
     t0 = time.time()
@@ -323,23 +323,18 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
     labels, spans = _judge_all(source.judge, source.questions, records)
     consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
-    write = write_consistency_samples if main else (lambda *a: None)
-    write(
-        [
+    if main:
+        official = [
             ConsistencyRecord(
                 q.id,
                 q.question + cfg.instruction,
                 records[q.id]["responses"],
-                [
-                    "true" if x == "faithful" else "false" if x == "hallucinated" else x
-                    for x in labels[q.id]
-                ],
+                [OFFICIAL_JUDGE[x] for x in labels[q.id]],
                 list(q.answers),
             )
             for q in source.questions
-        ],
-        out / "consistency_samples.jsonl",
-    )
+        ]
+        write_consistency_samples(official, out / "consistency_samples.jsonl")
     examples, skipped = _labelled_examples(
         source.questions, records, labels, spans, consistency.kept
     )

@@ -43,6 +43,7 @@ from hlens.examples import Example, Label
 from hlens.judge import SkippedExample, to_label
 
 __all__ = [
+    "OFFICIAL_JUDGE",
     "OFFICIAL_SUFFIX",
     "AnswerTokensRecord",
     "ConsistencyRecord",
@@ -64,7 +65,8 @@ __all__ = [
 #: The instruction the official pipeline appends (after one space) to every TriviaQA question.
 OFFICIAL_SUFFIX = "Respond with the answer only, without any explanation."
 
-_OFFICIAL_JUDGE: dict[str, str] = {
+#: hlens label -> the official ``judges`` spelling.
+OFFICIAL_JUDGE: dict[str, str] = {
     "faithful": "true",
     "hallucinated": "false",
     "uncertain": "uncertain",
@@ -337,7 +339,7 @@ def examples_to_consistency(
             if "judge" in ex.meta:
                 judges.append(str(ex.meta["judge"]))
             elif ex.label is not None:
-                judges.append(_OFFICIAL_JUDGE[ex.label])
+                judges.append(OFFICIAL_JUDGE[ex.label])
             else:
                 raise ValueError(f"example {ex.name} has neither a label nor meta['judge']")
         out.append(
