@@ -145,6 +145,30 @@ def compare(
     return out
 
 
+def organism_training_set(run_dir: str = "runs/organism") -> tuple[np.ndarray, np.ndarray]:
+    """The 3-vs-1 training set that ``hlens find`` fitted in ``run_dir`` (organism features)."""
+    from pathlib import Path
+
+    from hlens.features import FeatureStore
+    from hlens.probe import build_training_set
+    from hlens.splits import Splits
+
+    run = Path(run_dir)
+    if not (run / "splits.json").exists():
+        raise FileNotFoundError(
+            f"no finished hlens find run in {run}; run `hlens find --model organism --out {run}`"
+        )
+    store = FeatureStore(run / "features")
+    sp = Splits.load(run / "splits.json")
+    f = store.load("answer", sp.train_faithful, flat=True)
+    h = store.load("answer", sp.train_hallucinated, flat=True)
+    other = store.load("all_except_answer", [*sp.train_faithful, *sp.train_hallucinated], flat=True)
+    other = other[torch.isfinite(other).all(1)]
+    X, y = build_training_set(f, h, other, mode="3-vs-1")
+    X = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    return X.astype(np.float32), np.asarray(y)
+
+
 def run(quick: bool = True, data: tuple[Any, Any] | None = None, C: float | None = None) -> dict:
     """Run the benchmark; returns a JSON-serialisable dict.
 
@@ -154,6 +178,12 @@ def run(quick: bool = True, data: tuple[Any, Any] | None = None, C: float | None
         C: C for every problem; ``None``: ``4 * C_min`` and ``16 * C_min`` of each problem.
     """
     cases = []
+    skipped = {}
+    if data is None and not quick:
+        try:
+            data = organism_training_set()
+        except FileNotFoundError as e:
+            skipped["organism"] = str(e)
     if data is not None:
         X, y = data
         X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
@@ -161,7 +191,10 @@ def run(quick: bool = True, data: tuple[Any, Any] | None = None, C: float | None
         X = X.astype(np.float32, copy=False)
         for f in C_FACTORS if C is None else (None,):
             c = C if f is None else f * c_min(X, y)
-            cases.append(compare(X, y, C=c, name=f"given data, C={c:.3g}"))
+            name = f"{X.shape[0]}x{X.shape[1]} given data, C=" + (
+                f"{f:g}*C_min" if f else f"{c:.3g}"
+            )
+            cases.append(compare(X, y, C=c, name=name))
     shapes = (
         [(QUICK_SHAPE, True)] if quick else [(FULL_SHAPE_BOTH, True), (FULL_SHAPE_TORCH, False)]
     )
@@ -178,6 +211,7 @@ def run(quick: bool = True, data: tuple[Any, Any] | None = None, C: float | None
         "quick": quick,
         "torch_threads": torch.get_num_threads(),
         "cases": cases,
+        "skipped": skipped,
     }
 
 
