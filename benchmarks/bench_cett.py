@@ -7,7 +7,9 @@ and averaged. hlens: padded batches through the TransformerBridge, CETT aggregat
 the forward pass, the pass stopped after the last MLP.
 
 Each approach runs in its own process (so one's allocator cache cannot hide the other's peak), on
-the same checkpoint and the same token sequences; features must agree to 1e-5 relative.
+the same checkpoint and the same token sequences; features must agree to 1e-5 normwise relative
+error (``max |a - b| / max |ref|``). On CPU, peak memory comes from separate runs with glibc's mmap
+threshold fixed (see ``MEMORY_ENV``); throughput from runs with the default allocator.
 
     python -m benchmarks.bench_cett                   # full: a large shape and the organism
     python -m benchmarks.bench_cett --quick
