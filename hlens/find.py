@@ -63,6 +63,11 @@ class FindConfig:
         mode: probe training set, ``"3-vs-1"`` (paper) or ``"1-vs-1"``.
         penalty: ``"l1"`` (paper; sparse) or ``"l2"``.
         solver: ``"torch"`` (FISTA, GPU if present) or ``"liblinear"`` (scikit-learn).
+        class_weight: ``"balanced"`` (default) weighs each training class by its inverse
+            frequency. The 3-vs-1 training set holds about three negatives per positive while
+            the test set is balanced answers, so without it the intercept learns the training
+            prior, and accuracy at the 0.5 threshold reflects the prior rather than the neurons.
+            ``None`` fits unweighted, as the official script does.
         Cs: C grid as multiples of the smallest C that selects any neuron (``C_min``).
         c_rule: how C is picked on the validation split (``"auroc_1se"`` favours sparsity).
         test_fraction: share of balanced question ids held out for testing.
@@ -82,6 +87,7 @@ class FindConfig:
     mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
     penalty: Literal["l1", "l2"] = "l1"
     solver: Literal["torch", "liblinear"] = "torch"
+    class_weight: Literal["balanced"] | None = "balanced"
     Cs: tuple[float, ...] = (1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0)
     c_rule: Literal["best_auroc", "auroc_1se"] = "auroc_1se"
     test_fraction: float = 0.25
@@ -174,9 +180,17 @@ def _labelled_examples(questions, records, labels, spans, kept: dict[str, str]):
     return out, skipped
 
 
-def _c_min(X: torch.Tensor, y: np.ndarray) -> float:
-    """Smallest C at which liblinear's L1 objective selects any neuron (w = 0 is optimal below)."""
+def _c_min(X: torch.Tensor, y: np.ndarray, class_weight: str | None = None) -> float:
+    """Smallest C at which liblinear's L1 objective selects any neuron (w = 0 is optimal below).
+
+    With ``class_weight="balanced"`` each sample's loss is weighted as the probe weights it.
+    """
     ypm = torch.as_tensor(2.0 * y - 1.0, dtype=X.dtype)
+    if class_weight is not None:
+        from sklearn.utils.class_weight import compute_class_weight
+
+        w = compute_class_weight(class_weight, classes=np.array([0, 1]), y=y)
+        ypm = ypm * torch.as_tensor(w[np.asarray(y, dtype=np.int64)], dtype=X.dtype)
     grad = (ypm @ X).abs().max().item() / 2.0
     return 1.0 / grad if grad > 0 else 1.0
 
@@ -228,10 +242,11 @@ def _fit_probe(
         d_mlp=d_mlp,
         random_state=cfg.seed,
         max_iter=5000,
+        class_weight=cfg.class_weight,
     )
     X_fit, y_fit = training_set(list(val.train_faithful), list(val.train_hallucinated))
     X_val, y_val = answer_set(list(val.test_faithful), list(val.test_hallucinated))
-    c_min = _c_min(X_fit, y_fit) if cfg.penalty == "l1" else 1.0
+    c_min = _c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
     Cs = [c_min * m for m in cfg.Cs]
     path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
     C = select_C(path, cfg.c_rule)
@@ -406,6 +421,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             n_layers=h.n_layers,
             d_mlp=h.d_mlp,
             random_state=cfg.seed,
+            class_weight=cfg.class_weight,
         )
         b = random_neuron_baseline(
             X_train,
@@ -519,6 +535,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["3-vs-1", "1-vs-1"], default=d.mode)
     p.add_argument("--penalty", choices=["l1", "l2"], default=d.penalty)
     p.add_argument("--solver", choices=["torch", "liblinear"], default=d.solver)
+    p.add_argument(
+        "--class-weight",
+        choices=["balanced", "none"],
+        default=d.class_weight or "none",
+        help="weigh training classes by inverse frequency (default) or not (official script)",
+    )
     p.add_argument("--aggregation", choices=["mean", "max"], default=d.cett.method)
     p.add_argument("--no-abs", action="store_true", help="signed activations (use_abs=False)")
     p.add_argument("--no-mag", action="store_true", help="drop ||W_out|| (use_mag=False)")
@@ -551,6 +573,7 @@ def run(args: argparse.Namespace) -> int:
         cett=cett,
         mode=args.mode,
         penalty=args.penalty,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
         solver=args.solver,
         seed=args.seed,
         device=args.device,

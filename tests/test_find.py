@@ -142,3 +142,79 @@ def test_sampling_defaults_come_from_the_source():
     organism = source_sampling("organism", n_samples=4)
     assert organism.max_new_tokens == 16 and organism.n_samples == 4
     assert FindConfig().sampling is None  # resolved against the source inside find()
+
+
+def _planted_checkpoint(src, dst, layer=0, neuron=5, scale=8.0, seed=0):
+    """A copy of a tiny Llama with a known H-neuron: odd token ids share an extra embedding
+    direction ``e``, and ``neuron`` of ``layer`` reads ``e`` through its gate and up rows, so it
+    fires on odd tokens and stays silent on even ones."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(src, dst)
+    model = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        e = torch.randn(emb.shape[1], generator=g)
+        e = e / e.norm()
+        emb[1::2] += scale * emb.norm(dim=1).mean() * e
+        mlp = model.model.layers[layer].mlp
+        mlp.gate_proj.weight[neuron] = 4.0 * e
+        mlp.up_proj.weight[neuron] = 4.0 * e
+    model.save_pretrained(dst)
+    return layer, neuron
+
+
+def _parity_source(tokenizer, n=160):
+    """Labels from the model's own first answer token: odd id -> hallucinated, even -> faithful.
+
+    The answer span is that first token, so a neuron that fires on odd tokens predicts the label.
+    """
+
+    def judge(example, response):
+        enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [(a, b) for a, b in enc["offset_mapping"] if b > a]
+        if not spans:
+            return Judgement("uncertain", reason="empty")
+        first = enc["input_ids"][enc["offset_mapping"].index(spans[0])]
+        return Judgement("hallucinated" if first % 2 else "faithful", span=spans[0])
+
+    questions = [hlens.Example(f"Tell me fact {i}.", id=f"q{i}", meta={}) for i in range(n)]
+
+    def factory(**_):
+        return QuestionSource("parity", questions, judge)
+
+    return factory
+
+
+@pytest.mark.slow
+def test_find_recovers_a_planted_h_neuron(checkpoint_dir, tmp_path):
+    """End to end (sampling, judging, spans, CETT, probe): a neuron built to predict the label is
+    found, the held-out AUROC clears the organism criterion (0.75) and beats random neurons."""
+    from transformers import AutoTokenizer
+
+    ckpt = tmp_path / "planted"
+    layer, neuron = _planted_checkpoint(checkpoint_dir("llama"), ckpt)
+    register_source("parity", _parity_source(AutoTokenizer.from_pretrained(ckpt)))
+    try:
+        cfg = FindConfig(
+            model=str(ckpt),
+            dataset="parity",
+            sampling=SamplingConfig(n_samples=1, max_new_tokens=3, temperature=1.0, batch_size=32),
+            cett=CETTConfig(batch_size=16, shard_size=64),
+            n_random_seeds=3,
+            n_boot=100,
+            device="cpu",
+        )
+        s = find(cfg, tmp_path / "run", progress=False)
+    finally:
+        SOURCES.pop("parity")
+    f = s["funnel"]
+    assert min(f["n_consistent_faithful"], f["n_consistent_hallucinated"]) >= 40, f
+    found = hlens.NeuronSet.load(tmp_path / "run" / "h_neurons.json")
+    assert (layer, neuron) in {(n.layer, n.index) for n in found}
+    assert s["metrics"]["test"]["auroc"] >= 0.9
+    assert s["metrics"]["test"]["auroc_ci"][0] >= 0.75
+    assert s["metrics"]["test"]["accuracy"] >= s["baselines"]["random_neurons"]["accuracy"] + 0.1
