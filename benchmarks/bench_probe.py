@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from hlens.probe import NeuronProbe
+from hlens.probe import NeuronProbe, c_min
 from hlens.solvers import logistic_objective, resolve_device
 
 QUICK_SHAPE = (400, 20_000)
@@ -88,12 +88,6 @@ def synthetic(n: int, p: int, k: int = 64, seed: int = 0) -> tuple[np.ndarray, n
     logits = X[:, idx] @ w
     y = (logits + 0.5 * torch.randn(n, generator=g) > 0).long()
     return X.numpy(), y.numpy()
-
-
-def c_min(X: np.ndarray, y: np.ndarray) -> float:
-    """Smallest C at which an L1 logistic probe (no intercept) selects a neuron."""
-    ypm = np.where(y == 1, 1.0, -1.0).astype(X.dtype)
-    return 2.0 / float(np.abs(ypm @ X).max())
 
 
 def _fit(solver: str, X: np.ndarray, y: np.ndarray, C: float, device: str) -> dict[str, Any]:
@@ -150,7 +144,7 @@ def organism_training_set(run_dir: str = "runs/organism") -> tuple[np.ndarray, n
     from pathlib import Path
 
     from hlens.features import FeatureStore
-    from hlens.probe import build_training_set
+    from hlens.find import probe_training_set
     from hlens.splits import Splits
 
     run = Path(run_dir)
@@ -158,13 +152,10 @@ def organism_training_set(run_dir: str = "runs/organism") -> tuple[np.ndarray, n
         raise FileNotFoundError(
             f"no finished hlens find run in {run}; run `hlens find --model organism --out {run}`"
         )
-    store = FeatureStore(run / "features")
     sp = Splits.load(run / "splits.json")
-    f = store.load("answer", sp.train_faithful, flat=True)
-    h = store.load("answer", sp.train_hallucinated, flat=True)
-    other = store.load("all_except_answer", [*sp.train_faithful, *sp.train_hallucinated], flat=True)
-    other = other[torch.isfinite(other).all(1)]
-    X, y = build_training_set(f, h, other, mode="3-vs-1")
+    X, y = probe_training_set(
+        FeatureStore(run / "features"), sp.train_faithful, sp.train_hallucinated
+    )
     X = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
     return X.astype(np.float32), np.asarray(y)
 

@@ -49,6 +49,7 @@ from hlens.patching import exact_patching as exact_patching
 from hlens.patching import logit_diff as logit_diff
 from hlens.probe import NeuronProbe as NeuronProbe
 from hlens.probe import build_training_set as build_training_set
+from hlens.probe import c_min as c_min
 from hlens.probe import c_path as c_path
 from hlens.probe import random_neuron_baseline as random_neuron_baseline
 from hlens.probe import select_C as select_C
@@ -111,6 +112,7 @@ __all__ = [
     "attribution_patching",
     "backward_transfer",
     "build_training_set",
+    "c_min",
     "c_path",
     "cett",
     "colored_tokens",

@@ -22,12 +22,15 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from hlens._version import __version__
 from hlens.examples import Example
@@ -44,7 +47,7 @@ from hlens.sampling import SamplingConfig, sample_to_jsonl
 from hlens.sources import QuestionSource, get_source, source_sampling
 from hlens.splits import Splits, make_splits
 
-__all__ = ["FindConfig", "add_arguments", "find", "run"]
+__all__ = ["FindConfig", "add_arguments", "find", "probe_training_set", "run"]
 
 
 @dataclass
@@ -180,27 +183,34 @@ def _labelled_examples(questions, records, labels, spans, kept: dict[str, str]):
     return out, skipped
 
 
-def _c_min(X: torch.Tensor, y: np.ndarray, class_weight: str | None = None) -> float:
-    """Smallest C at which liblinear's L1 objective selects any neuron (w = 0 is optimal below).
-
-    With ``class_weight="balanced"`` each sample's loss is weighted as the probe weights it.
-    """
-    ypm = torch.as_tensor(2.0 * y - 1.0, dtype=X.dtype)
-    if class_weight is not None:
-        from sklearn.utils.class_weight import compute_class_weight
-
-        w = compute_class_weight(class_weight, classes=np.array([0, 1]), y=y)
-        ypm = ypm * torch.as_tensor(w[np.asarray(y, dtype=np.int64)], dtype=X.dtype)
-    grad = (ypm @ X).abs().max().item() / 2.0
-    return 1.0 / grad if grad > 0 else 1.0
-
-
 def _flat(store: FeatureStore, region: str, ids: list[str]) -> torch.Tensor:
     return store.load(region, ids, flat=True) if ids else torch.empty(0, math.prod(store.shape))
 
 
 def _finite_rows(X: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(X).all(dim=1)
+
+
+def probe_training_set(
+    store: FeatureStore,
+    faithful: Sequence[str],
+    hallucinated: Sequence[str],
+    mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1",
+) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
+    """The probe's training set from stored features, as ``hlens find`` builds it.
+
+    Answer features of the ``faithful`` and ``hallucinated`` ids; in ``"3-vs-1"`` mode also their
+    ``all_except_answer`` features as negatives (rows without such tokens are dropped).
+    """
+    from hlens.probe import build_training_set
+
+    faithful, hallucinated = list(faithful), list(hallucinated)
+    f, h = _flat(store, "answer", faithful), _flat(store, "answer", hallucinated)
+    other = None
+    if mode == "3-vs-1":
+        other = _flat(store, "all_except_answer", faithful + hallucinated)
+        other = other[_finite_rows(other)]
+    return build_training_set(f, h, other, mode=mode)
 
 
 def _fit_probe(
@@ -210,7 +220,7 @@ def _fit_probe(
     cfg: FindConfig,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    from hlens.probe import NeuronProbe, build_training_set, c_path, select_C
+    from hlens.probe import NeuronProbe, c_min, c_path, select_C
 
     n_layers, d_mlp = store.shape
     val = make_splits(
@@ -223,12 +233,7 @@ def _fit_probe(
     )
 
     def training_set(faithful: list[str], halluc: list[str]):
-        f, h = _flat(store, "answer", faithful), _flat(store, "answer", halluc)
-        other = None
-        if cfg.mode == "3-vs-1":
-            other = _flat(store, "all_except_answer", faithful + halluc)
-            other = other[_finite_rows(other)]
-        return build_training_set(f, h, other, mode=cfg.mode)
+        return probe_training_set(store, faithful, halluc, cfg.mode)
 
     def answer_set(faithful: list[str], halluc: list[str]):
         X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", halluc)])
@@ -246,8 +251,8 @@ def _fit_probe(
     )
     X_fit, y_fit = training_set(list(val.train_faithful), list(val.train_hallucinated))
     X_val, y_val = answer_set(list(val.test_faithful), list(val.test_hallucinated))
-    c_min = _c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
-    Cs = [c_min * m for m in cfg.Cs]
+    cmin = c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
+    Cs = [cmin * m for m in cfg.Cs]
     path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
     C = select_C(path, cfg.c_rule)
     X_train, y_train = training_set(list(splits.train_faithful), list(splits.train_hallucinated))
@@ -256,7 +261,7 @@ def _fit_probe(
         "probe": probe,
         "path": path,
         "C": C,
-        "c_min": c_min,
+        "c_min": cmin,
         "answer_set": answer_set,
         "training_set": training_set,
     }

@@ -53,6 +53,7 @@ __all__ = [
     "CPath",
     "NeuronProbe",
     "build_training_set",
+    "c_min",
     "c_path",
     "random_neuron_baseline",
     "select_C",
@@ -661,6 +662,26 @@ def _hanley_mcneil_se(a: float, n_pos: int, n_neg: int) -> float:
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
     return math.sqrt(max(var, 0.0))
+
+
+def c_min(X: Features, y: Labels, class_weight: Literal["balanced"] | None = None) -> float:
+    """Smallest C at which liblinear's L1 objective selects any neuron (w = 0 is optimal below).
+
+    ``2 / max_j |sum_i s_i y_i x_ij|`` with labels in {-1, +1} and sample weights ``s_i`` (1, or
+    the probe's ``class_weight="balanced"`` weights). The intercept is ignored.
+
+    Example:
+        >>> c_min(np.array([[1.0, 0.0], [-1.0, 2.0]], dtype=np.float32), np.array([1, 0]))
+        1.0
+    """
+    X = torch.as_tensor(X)
+    y = np.asarray(y, dtype=np.int64)
+    ypm = torch.as_tensor(2.0 * y - 1.0, dtype=X.dtype)
+    if class_weight is not None:
+        w = compute_class_weight(class_weight, classes=np.array([0, 1]), y=y)
+        ypm = ypm * torch.as_tensor(w[y], dtype=X.dtype)
+    grad = (ypm @ X).abs().max().item() / 2.0
+    return 1.0 / grad if grad > 0 else 1.0
 
 
 def c_path(
