@@ -309,39 +309,34 @@ def run_shape(
     fh, fo = res["hlens"]["features"], res["official"]["features"]
     err = max(_normwise(fh[r], fo[r]) for r in REGIONS)
     elem = max(_close(fh[r], fo[r]) for r in REGIONS)
+    mem = mem or res  # on CUDA the timed runs measure memory too
     tps = {w: res[w]["tokens"] / res[w]["seconds"] for w in res}
-    peak = {w: (mem or res)[w]["peak_bytes"] for w in res}
-    steady = {w: (mem or res)[w]["steady_peak_bytes"] for w in res}
-    off_tps = tps["official"]
-    off_peak = max((mem or res)["official"]["peak_bytes"], 1)
-    off_steady = max((mem or res)["official"]["steady_peak_bytes"], 1)
-    trade_off = {
-        f"batch_{b}": {
-            "throughput_ratio": t["tokens"] / t["seconds"] / off_tps,
-            "peak_memory_ratio": m["peak_bytes"] / off_peak,
-            "steady_peak_memory_ratio": m["steady_peak_bytes"] / off_steady,
+
+    def ratios(timed: dict[str, Any], measured: dict[str, Any]) -> dict[str, float]:
+        off = mem["official"]
+        return {
+            "throughput_ratio": timed["tokens"] / timed["seconds"] / tps["official"],
+            "peak_memory_ratio": measured["peak_bytes"] / max(off["peak_bytes"], 1),
+            "steady_peak_memory_ratio": measured["steady_peak_bytes"]
+            / max(off["steady_peak_bytes"], 1),
         }
-        for b, t, m in sweep
-    }
+
+    trade_off = {f"batch_{b}": ratios(t, m) for b, t, m in sweep}
     out = {
         "name": "cett_extraction",
         "shape": {k: v for k, v in s.items()},
         "device": device,
         "dtype": dtype,
         "tokens": res["hlens"]["tokens"],
-        "official": {
-            "tokens_per_s": tps["official"],
-            "peak_mb": peak["official"] / 2**20,
-            "steady_peak_mb": steady["official"] / 2**20,
+        **{
+            who: {
+                "tokens_per_s": tps[who],
+                "peak_mb": mem[who]["peak_bytes"] / 2**20,
+                "steady_peak_mb": mem[who]["steady_peak_bytes"] / 2**20,
+            }
+            for who in ("official", "hlens")
         },
-        "hlens": {
-            "tokens_per_s": tps["hlens"],
-            "peak_mb": peak["hlens"] / 2**20,
-            "steady_peak_mb": steady["hlens"] / 2**20,
-        },
-        "throughput_ratio": tps["hlens"] / tps["official"],
-        "peak_memory_ratio": peak["hlens"] / max(peak["official"], 1),
-        "steady_peak_memory_ratio": steady["hlens"] / max(steady["official"], 1),
+        **ratios(res["hlens"], mem["hlens"]),
         "memory_measure": "CUDA max_memory_allocated"
         if device.startswith("cuda")
         else "peak RSS above the loaded model, separate runs with MALLOC_MMAP_THRESHOLD_=65536",
