@@ -37,6 +37,7 @@ from hlens.judge import RuleJudge as RuleJudge
 from hlens.judge import consistency_filter as consistency_filter
 from hlens.judge import locate_answer as locate_answer
 from hlens.metrics import ProbeMetrics as ProbeMetrics
+from hlens.metrics import strata_control as strata_control
 from hlens.model import Model as Model
 from hlens.model import load as load
 from hlens.neurons import NeuronId as NeuronId
@@ -143,6 +144,7 @@ __all__ = [
     "select_C",
     "steer",
     "steering_vector",
+    "strata_control",
     "supported_architectures",
     "text_neuron_activations",
     "tokenize_examples",

@@ -7,7 +7,7 @@ run directory::
     judgements.json          labels per sample, funnel          splits.json, qids_{train,test}.json
     features/                CETT features (sharded, resumable) probe/ (safetensors + JSON)
     h_neurons.json           NeuronSet of positive-weight neurons
-    summary.json             counts, metrics with intervals, baselines, C path
+    summary.json             counts, metrics with intervals, baselines, controls, C path
 
 Interrupting it loses at most one sampling batch or one feature shard; rerunning resumes.
 
@@ -448,6 +448,21 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             "per_seed": [m.to_dict() for m in b.random],
         }
 
+    # 7b. control: how much of the AUROC the question type alone explains
+    controls: dict[str, Any] = {"strata": None}
+    if source.strata:
+        from hlens.metrics import strata_control
+
+        train_ids = [*splits.train_faithful, *splits.train_hallucinated]
+        test_ids = [*splits.test_faithful, *splits.test_hallucinated]
+        controls["strata"] = strata_control(
+            np.array([0] * len(splits.train_faithful) + [1] * len(splits.train_hallucinated)),
+            [source.strata[i] for i in train_ids],
+            y_test,
+            probe.decision_function(X_test),
+            [source.strata[i] for i in test_ids],
+        )
+
     # 8. out of distribution (the organism's never-seen people)
     ood = _ood(model, source, probe, out, cfg, fmt, progress)
 
@@ -460,6 +475,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         "h_neurons": {"count": len(h), "fraction": h.fraction(), "per_layer": h.layer_counts()},
         "metrics": {"test": {**_headline(test), "n": len(y_test)}, "ood": _pick(ood)},
         "baselines": {"random_neurons": baseline},
+        "controls": controls,
         "probe": {
             "C": fit["C"],
             "C_min": fit["c_min"],
@@ -504,6 +520,10 @@ def _pick(ood: dict[str, Any]) -> dict[str, Any]:
     return {k: ood[k] for k in ("accuracy", "auroc") if k in ood} or {
         "note": ood.get("note", "n/a")
     }
+
+
+def _fmt_ci(ci: Any) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
 
 
 def _jsonable(x: Any) -> Any:
@@ -591,8 +611,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"test: accuracy {t['accuracy']:.3f}, AUROC {t['auroc']:.3f} "
-        f"(95% CI {t.get('auroc_ci', ['?', '?'])}); random neurons: accuracy "
+        f"(95% CI {_fmt_ci(t.get('auroc_ci'))}); random neurons: accuracy "
         f"{b.get('accuracy', float('nan')):.3f}, AUROC {b.get('auroc', float('nan')):.3f}"
     )
+    strata = s["controls"]["strata"]
+    if strata:
+        print(
+            f"question type alone: AUROC {strata['strata_only_auroc']:.3f}; probe within "
+            f"question types: AUROC {strata['within_strata_auroc']:.3f}"
+        )
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0

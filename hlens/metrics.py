@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from jaxtyping import Shaped
 
-__all__ = ["METRIC_NAMES", "ProbeMetrics", "auroc", "compute_metrics"]
+__all__ = ["METRIC_NAMES", "ProbeMetrics", "auroc", "compute_metrics", "strata_control"]
 
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "auroc")
 
@@ -228,3 +229,78 @@ def compute_metrics(
         confidence=float(confidence),
         seed=int(seed),
     )
+
+
+def strata_control(
+    y_train: Shaped[np.ndarray, " train"],
+    strata_train: Sequence[str],
+    y_test: Shaped[np.ndarray, " test"],
+    y_score: Shaped[np.ndarray, " test"],
+    strata_test: Sequence[str],
+) -> dict[str, Any]:
+    """How much of a probe's test AUROC the question type (the stratum) alone explains.
+
+    When one kind of question (say, birth years) is hallucinated more often than another, a probe
+    can score well by recognising the kind of question instead of the model's knowledge. Two
+    numbers expose that:
+
+    * ``strata_only_auroc``: the AUROC of scoring each test example by the hallucination rate of
+      its stratum among the training examples (a stratum absent from training gets the overall
+      rate). This is what a predictor that sees only the stratum achieves.
+    * ``within_strata_auroc``: the probe's AUROC computed inside each stratum, averaged with
+      weights equal to the number of (hallucinated, faithful) pairs the stratum contributes;
+      ``nan`` when no stratum holds both classes. A probe that only recognises the stratum
+      scores 0.5 here.
+
+    Args:
+        y_train: 0/1 training labels (1 = hallucinated).
+        strata_train: the stratum of each training example.
+        y_test: 0/1 test labels.
+        y_score: the probe's test scores (higher = more likely hallucinated).
+        strata_test: the stratum of each test example.
+
+    Returns:
+        ``{"strata_only_auroc", "within_strata_auroc", "n_strata", "per_stratum"}``;
+        ``per_stratum`` maps each test stratum to ``{"n", "n_positive", "train_rate", "auroc"}``.
+
+    Example:
+        >>> y_tr = np.array([1, 1, 0, 0]); s_tr = ["year", "year", "city", "city"]
+        >>> y_te = np.array([1, 0, 1, 0]); s_te = ["year", "year", "city", "city"]
+        >>> c = strata_control(y_tr, s_tr, y_te, np.array([0.9, 0.8, 0.2, 0.1]), s_te)
+        >>> c["strata_only_auroc"], c["within_strata_auroc"]
+        (0.5, 1.0)
+    """
+    yt_train, yt = _labels(y_train, "y_train"), _labels(y_test, "y_test")
+    score = np.asarray(y_score, dtype=np.float64)
+    strata_train, strata_test = [str(s) for s in strata_train], [str(s) for s in strata_test]
+    if len(strata_train) != yt_train.size:
+        raise ValueError(
+            f"strata_train needs one stratum per training label: got {len(strata_train)} strata "
+            f"for {yt_train.size} labels"
+        )
+    if not len(strata_test) == yt.size == score.size:
+        raise ValueError(
+            f"y_test, y_score and strata_test need one entry per test example, got "
+            f"{yt.size}, {score.size} and {len(strata_test)}"
+        )
+    if yt_train.size == 0 or yt.size == 0:
+        raise ValueError("strata_control needs at least one training and one test example")
+    overall = float(yt_train.mean())
+    rate = {s: float(yt_train[[t == s for t in strata_train]].mean()) for s in set(strata_train)}
+    base = np.array([rate.get(s, overall) for s in strata_test])
+    per: dict[str, dict[str, Any]] = {}
+    num = den = 0.0
+    for s in sorted(set(strata_test)):
+        m = np.array([t == s for t in strata_test])
+        n_pos, n_neg = int(yt[m].sum()), int((~yt[m]).sum())
+        a = auroc(yt[m], score[m]) if n_pos and n_neg else float("nan")
+        per[s] = {"n": int(m.sum()), "n_positive": n_pos, "train_rate": rate.get(s), "auroc": a}
+        if n_pos and n_neg:
+            num += a * n_pos * n_neg
+            den += n_pos * n_neg
+    return {
+        "strata_only_auroc": auroc(yt, base),
+        "within_strata_auroc": num / den if den else float("nan"),
+        "n_strata": len(per),
+        "per_stratum": per,
+    }

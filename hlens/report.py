@@ -130,6 +130,10 @@ def _find_section(run: Path, s: Mapping[str, Any]) -> str:
     ]
     if p.get("mode"):
         facts.append(("training set", html.escape(str(p["mode"]))))
+    strata = (s.get("controls") or {}).get("strata")
+    if strata:
+        facts.append(("AUROC of the question type alone", _num(strata.get("strata_only_auroc"))))
+        facts.append(("probe AUROC within question types", _num(strata.get("within_strata_auroc"))))
     if "accuracy" in ood:
         facts.append(("out-of-distribution accuracy", _num(ood.get("accuracy"))))
     elif ood.get("note"):

@@ -41,6 +41,9 @@ class QuestionSource:
         judge: labels a response ``faithful`` / ``hallucinated`` / ``uncertain``, with its span.
         groups: optional ``{question id: group}``; a group never spans train and test (e.g. the
             person a question is about, so the probe cannot memorise people).
+        strata: optional ``{question id: question type}`` (e.g. the attribute asked about);
+            ``hlens find`` then reports how much of the probe's AUROC the type alone explains
+            (:func:`hlens.metrics.strata_control`).
         ood_questions: optional out-of-distribution questions (the organism's never-seen people),
             judged by ``ood_judge``: answering is ``hallucinated``, abstaining is ``faithful``.
         ood_judge: judge for ``ood_questions``.
@@ -51,6 +54,7 @@ class QuestionSource:
     questions: list[Example]
     judge: Judge
     groups: dict[str, str] | None = None
+    strata: dict[str, str] | None = None
     ood_questions: list[Example] = field(default_factory=list)
     ood_judge: Judge | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -59,6 +63,13 @@ class QuestionSource:
         ids = [q.id for q in self.questions]
         if any(i is None for i in ids) or len(set(ids)) != len(ids):
             raise ValueError(f"source {self.name!r}: every question needs a unique id")
+        if self.strata is not None:
+            missing = [i for i in ids if i not in self.strata]
+            if missing:
+                raise ValueError(
+                    f"source {self.name!r}: strata must give every question a stratum; "
+                    f"{len(missing)} ids have none, e.g. {missing[:3]}"
+                )
         if self.ood_questions and self.ood_judge is None:
             raise ValueError(f"source {self.name!r} has OOD questions but no ood_judge")
 
@@ -110,6 +121,7 @@ def _organism_source(
         questions=questions,
         judge=organism_judge(world),
         groups=groups,
+        strata={q.id: str(q.meta["attribute"]) for q in questions},
         ood_questions=ood,
         ood_judge=organism_judge(world, ood=True),
         info={"world_seed": world.config.seed},

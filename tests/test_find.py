@@ -38,6 +38,7 @@ def _fake_source(n=48):
             questions,
             judge,
             groups={q.id: str(q.meta["g"]) for q in questions},
+            strata={q.id: "early" if int(q.id[1:]) < n // 2 else "late" for q in questions},
             ood_questions=ood,
             ood_judge=judge,
         )
@@ -94,6 +95,11 @@ def test_find_writes_a_complete_run(checkpoint_dir, fake_source, tmp_path):
     # groups (pairs of questions) never straddle train and test
     g = lambda q: int(q[1:]) // 2  # noqa: E731
     assert not {g(q) for q in splits.train_ids} & {g(q) for q in splits.test_ids}
+    # the question-type control covers every test example once
+    c = s["controls"]["strata"]
+    assert set(c["per_stratum"]) <= {"early", "late"}
+    assert sum(v["n"] for v in c["per_stratum"].values()) == f["n_test"]
+    assert 0 <= c["strata_only_auroc"] <= 1
 
 
 def test_find_rerun_resumes_without_recomputing(checkpoint_dir, fake_source, tmp_path, monkeypatch):
@@ -126,6 +132,21 @@ def test_unknown_dataset_lists_sources():
 
     with pytest.raises(ValueError, match="organism, triviaqa"):
         get_source("nope")
+
+
+def test_strata_must_cover_every_question():
+    qs = [hlens.Example("Where?", id="a"), hlens.Example("When?", id="b")]
+    with pytest.raises(ValueError, match="1 ids have none, e.g. \\['b'\\]"):
+        QuestionSource("s", qs, lambda e, r: Judgement("uncertain"), strata={"a": "place"})
+    assert QuestionSource("s", qs, lambda e, r: None, strata={"a": "x", "b": "y"}).strata
+
+
+@pytest.mark.organism
+def test_organism_questions_are_stratified_by_attribute():
+    from hlens.sources import get_source
+
+    src = get_source("organism", limit=40)
+    assert all(src.strata[q.id] == q.meta["attribute"] for q in src.questions)
 
 
 def test_sampling_defaults_come_from_the_source():
@@ -184,7 +205,8 @@ def _parity_source(tokenizer, n=160):
     questions = [hlens.Example(f"Tell me fact {i}.", id=f"q{i}", meta={}) for i in range(n)]
 
     def factory(**_):
-        return QuestionSource("parity", questions, judge)
+        strata = {q.id: f"kind{int(q.id[1:]) % 3}" for q in questions}
+        return QuestionSource("parity", questions, judge, strata=strata)
 
     return factory
 
@@ -218,3 +240,7 @@ def test_find_recovers_a_planted_h_neuron(checkpoint_dir, tmp_path):
     assert s["metrics"]["test"]["auroc"] >= 0.9
     assert s["metrics"]["test"]["auroc_ci"][0] >= 0.75
     assert s["metrics"]["test"]["accuracy"] >= s["baselines"]["random_neurons"]["accuracy"] + 0.1
+    # the question "kind" says nothing about the label; the signal holds within each kind
+    strata = s["controls"]["strata"]
+    assert strata["within_strata_auroc"] >= 0.9
+    assert strata["strata_only_auroc"] < strata["within_strata_auroc"]

@@ -55,6 +55,7 @@ def make_run(
             "baselines": {
                 "random_neurons": {"accuracy": 0.55, "auroc": 0.5432, "ci": {"auroc": [0.5, 0.6]}}
             },
+            "controls": {"strata": {"strata_only_auroc": 0.6123, "within_strata_auroc": 0.8456}},
             "probe": {"C": 0.05, "c_rule": "auroc_1se", "penalty": "l1", "n_nonzero": 6},
             "c_path": {
                 "Cs": [0.01, 0.05, 0.2],
@@ -154,6 +155,7 @@ def test_full_report_has_every_section(tmp_path):
     for number in ("0.877", "0.801", "0.939", "0.543", "0.811", "0.222", "0.0123", "+0.250"):
         assert number in text, number
     assert "n consistent" in text and "321" in text  # funnel
+    assert "question type alone" in text and "0.612" in text and "0.846" in text
     assert text.count("How to read this") >= 4
     assert text.count("data:image/png;base64,") >= 4  # per layer, C path, steer, inertia
     assert "L0.3" in text  # strongest neurons / cards
