@@ -64,9 +64,14 @@ def check_same_architecture(base: Any, tuned: Any) -> None:
 
 
 def _drift(a: Tensor, b: Tensor) -> Tensor:
-    """1 - cosine similarity of matching rows."""
+    """1 - cosine similarity of matching rows, computed on ``a``'s device, returned on the CPU.
+
+    The per-neuron results are small; keeping them on the CPU lets the rank and test code below
+    (``torch.arange``, ``.numpy()``) run the same way for models on a GPU.
+    """
+    b = b.to(a.device)
     cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
-    return (1.0 - cos).float()
+    return (1.0 - cos).float().cpu()
 
 
 def _zscore(x: Tensor) -> Tensor:
