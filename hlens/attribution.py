@@ -242,7 +242,9 @@ def integrated_gradients(
     def ig(patch: dict[int, Tensor | None]) -> dict[int, Tensor]:
         """Mean gradient x delta for the layers in ``patch`` (mask per layer, None = all)."""
         total = {
-            la: torch.zeros_like(tgt_a[names[la]], dtype=dt) for la in patch if names[la] in tgt_a
+            la: torch.zeros_like(tgt_a[names[la]], dtype=dt, device="cpu")
+            for la in patch
+            if names[la] in tgt_a
         }
         for i in range(0, steps, per_k):
             a = alphas[i : i + per_k]
@@ -390,10 +392,10 @@ def direct_logit_attribution(
     def at_last(name: str) -> Tensor:
         return store[name][rows, last.to(store[name].device)].double().cpu()
 
-    w_u = _unembed(model).double().cpu()
-    direction = w_u[_per_row(good, len(batch))]
+    w_u = _unembed(model)
+    direction = w_u[_per_row(good, len(batch))].double().cpu()
     if bad is not None:
-        direction = direction - w_u[_per_row(bad, len(batch))]
+        direction = direction - w_u[_per_row(bad, len(batch))].double().cpu()
     w_f, center, eps = _norm_params(model.bridge.ln_final, model.d_model)
     u = direction * w_f.double().cpu()
     if center:  # (v - mean v) . u == v . (u - mean u)
@@ -408,7 +410,8 @@ def direct_logit_attribution(
             if c_p:
                 ul = ul - ul.mean(-1, keepdim=True)
             ul = ul * _inv_scale(at_last(fam.output_hook(la)), c_p, e_p)[:, None]
-        proj = ul @ model.W_out(la).detach().double().cpu().T  # [batch, d_mlp]
+        w_out = model.W_out(la).detach()
+        proj = (ul.to(w_out.device) @ w_out.double().T).cpu()  # [batch, d_mlp]
         out.append(at_last(fam.activation_hook(la)) * proj)
     return torch.stack(out, 1).to(model.score_dtype)
 
@@ -433,7 +436,7 @@ def neuron_vocab_logits(model: Any, neurons: NeuronSet) -> Float[Tensor, "neuron
             v = v * w_p.to(v.dtype)
         if center:
             v = v - v.mean()
-        rows.append(w_u @ (v * w_f.to(v.dtype)))
+        rows.append(w_u @ (v * w_f.to(v.device, v.dtype)))
     if not rows:
         return torch.zeros(0, w_u.shape[0], dtype=model.score_dtype)
     return torch.stack(rows).cpu()
@@ -457,8 +460,9 @@ def compare_scores(
         >>> compare_scores(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 4.0]), top=1)
         {'pearson': 0.9819805060619659, 'spearman': 1.0, 'top_overlap': 1.0, 'top': 1, 'n': 3}
     """
-    a = (estimate.scores if isinstance(estimate, PatchResult) else estimate).flatten().double()
-    b = (exact.scores if isinstance(exact, PatchResult) else exact).flatten().double()
+    a = estimate.scores if isinstance(estimate, PatchResult) else estimate
+    a = a.flatten().double().cpu()
+    b = (exact.scores if isinstance(exact, PatchResult) else exact).flatten().double().cpu()
     if a.shape != b.shape:
         raise ValueError(f"estimate has {a.numel()} scores but exact has {b.numel()}")
 
@@ -476,6 +480,6 @@ def compare_scores(
     }
     if isinstance(estimate, PatchResult) and isinstance(exact, PatchResult):
         out["pearson_per_pair"] = pearson(
-            estimate.per_pair.flatten().double(), exact.per_pair.flatten().double()
+            estimate.per_pair.flatten().double().cpu(), exact.per_pair.flatten().double().cpu()
         )
     return out

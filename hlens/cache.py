@@ -70,7 +70,7 @@ class NeuronCache:
         """CETT scores from this cache (see :func:`hlens.cett`). Norms cover all layers."""
         from hlens.cett import cett_from_parts
 
-        norms = w_out_norms[list(self.layers)]
+        norms = w_out_norms[list(self.layers)].to(self.activations.device)
         return cett_from_parts(
             self.activations, self.mlp_out_norm, norms, use_abs=use_abs, use_mag=use_mag, eps=eps
         ) * self.attention_mask[:, :, None, None].to(self.activations.dtype)

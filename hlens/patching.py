@@ -559,22 +559,22 @@ def exact_patching(
             run_chunk({la: m[i : i + per_k] for la, m in masks.items()})
             for i in range(0, n_patch, per_k)
         ]
-        per_pair = torch.cat(effects).T.contiguous()  # [pair, group]
+        per_pair = torch.cat(effects).T.contiguous().cpu()  # [pair, group]
         names_g = tuple(str(g.meta.get("name", f"group{i}")) for i, g in enumerate(groups))
         return PatchResult(
-            target, "exact", direction, per_pair.mean(0), per_pair, (), clean_m, corrupt_m,
-            names_g, meta,
+            target, "exact", direction, per_pair.mean(0), per_pair, (), clean_m.cpu(),
+            corrupt_m.cpu(), names_g, meta,
         )  # fmt: skip
     rows = []
     eye = torch.eye(n_patch, dtype=torch.bool)
     for la in layer_sel:
         chunks = [run_chunk({la: eye[i : i + per_k]}) for i in range(0, n_patch, per_k)]
         rows.append(torch.cat(chunks).T)  # [pair, unit]
-    per_pair = torch.stack(rows, 1).contiguous()  # [pair, layer, unit]
+    per_pair = torch.stack(rows, 1).contiguous().cpu()  # [pair, layer, unit]
     meta["patches_per_pair"] = len(layer_sel) * n_patch
     return PatchResult(
-        target, "exact", direction, per_pair.mean(0), per_pair, layer_sel, clean_m, corrupt_m,
-        (), meta,
+        target, "exact", direction, per_pair.mean(0), per_pair, layer_sel, clean_m.cpu(),
+        corrupt_m.cpu(), (), meta,
     )  # fmt: skip
 
 
