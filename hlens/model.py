@@ -325,10 +325,17 @@ class Model:
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         fmt: PromptFormat | None = None,
     ) -> TokenBatch:
-        """Coerce text, examples, a token tensor or a TokenBatch to a TokenBatch."""
+        """Coerce text, examples, a token tensor or a TokenBatch to a TokenBatch, on the CPU.
+
+        Batches live on the CPU (the caches and masks built from them do too); each forward pass
+        moves its tokens to the model's device.
+        """
         if isinstance(inputs, TokenBatch):
-            return inputs
+            return inputs if inputs.tokens.device.type == "cpu" else inputs.to("cpu")
         if isinstance(inputs, Tensor):
+            inputs = inputs.cpu()
+            if attention_mask is not None:
+                attention_mask = attention_mask.cpu()
             tokens = inputs if inputs.ndim == 2 else inputs.unsqueeze(0)
             if tokens.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
                 raise TypeError(f"token ids must be an integer tensor, got {tokens.dtype}")
