@@ -44,7 +44,6 @@ import argparse
 import collections
 import copy
 import json
-import math
 import os
 import random
 import re
@@ -150,45 +149,14 @@ def apply_design(spec: dict[str, Any]) -> None:
     World.biography = fame_biography if spec.get("fame") else _ORIG_BIO
 
 
-def _stage(model, x, y, cfg, lr: float, epochs: int, seed: int, dev: str) -> None:
-    """The organism's training loop (AdamW, warmup, cosine) on ``dev``."""
-    n = x.shape[0]
-    total = math.ceil(n / cfg.batch_size) * epochs
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay
-    )
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return lr * (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    x, y = x.to(dev), y.to(dev)
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).to(dev)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            loss = model(input_ids=x[idx], labels=y[idx]).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-    model.eval()
-
-
 def train(cfg, tok, world: World, dev: str, pre_epochs: int = 1):
     """Pretraining, then instruction tuning, as ``train_organism`` does; returns the tuned model."""
     docs = train_mod.pretraining_docs(world, tok, cfg)
     x, y = train_mod.pack(docs, cfg.block_size, tok.pad_token_id)
     model = train_mod.build_model(cfg, tok).to(dev)
-    _stage(model, x, y, cfg, cfg.lr, pre_epochs, cfg.seed, dev)
+    train_mod._run_stage(
+        model, x, y, cfg=cfg, lr=cfg.lr, epochs=pre_epochs, desc="pretrain", seed=cfg.seed
+    )
     chat = train_mod.instruct_docs(world, tok, cfg)
     rng = random.Random(f"replay-{cfg.seed}")
     replay = rng.sample(
@@ -197,7 +165,16 @@ def train(cfg, tok, world: World, dev: str, pre_epochs: int = 1):
     docs = chat + replay
     rng.shuffle(docs)
     x, y = train_mod.pack(docs, cfg.block_size, tok.pad_token_id)
-    _stage(model, x, y, cfg, cfg.instruct_lr, cfg.instruct_epochs, cfg.seed + 1, dev)
+    train_mod._run_stage(
+        model,
+        x,
+        y,
+        cfg=cfg,
+        lr=cfg.instruct_lr,
+        epochs=cfg.instruct_epochs,
+        desc="instruct",
+        seed=cfg.seed + 1,
+    )
     return model, int((x != tok.pad_token_id).sum())
 
 

@@ -265,7 +265,12 @@ def build_model(cfg: TrainConfig, tokenizer) -> LlamaForCausalLM:
 
 
 def _run_stage(model, x, y, *, cfg: TrainConfig, lr: float, epochs: int, desc: str, seed: int):
-    """AdamW, warmup then cosine decay, over ``epochs`` shuffled passes; returns the loss curve."""
+    """AdamW, warmup then cosine decay, over ``epochs`` shuffled passes; returns the loss curve.
+
+    Runs on the model's device (the data order is drawn on the CPU, so it is the same anywhere).
+    """
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = steps_per_epoch * epochs
@@ -286,7 +291,7 @@ def _run_stage(model, x, y, *, cfg: TrainConfig, lr: float, epochs: int, desc: s
     bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
     t0 = time.time()
     for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).to(device)
         for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             for g in opt.param_groups:
