@@ -157,14 +157,7 @@ def train(cfg, tok, world: World, dev: str, pre_epochs: int = 1):
     train_mod._run_stage(
         model, x, y, cfg=cfg, lr=cfg.lr, epochs=pre_epochs, desc="pretrain", seed=cfg.seed
     )
-    chat = train_mod.instruct_docs(world, tok, cfg)
-    rng = random.Random(f"replay-{cfg.seed}")
-    replay = rng.sample(
-        train_mod.pretraining_docs(world, tok, cfg), k=round(cfg.replay_ratio * len(chat))
-    )
-    docs = chat + replay
-    rng.shuffle(docs)
-    x, y = train_mod.pack(docs, cfg.block_size, tok.pad_token_id)
+    x, y, _, _ = train_mod.instruct_rows(world, tok, cfg)
     train_mod._run_stage(
         model,
         x,

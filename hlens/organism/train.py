@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,7 +48,14 @@ from hlens.organism.world import (
     WorldConfig,
 )
 
-__all__ = ["TrainConfig", "build_model", "instruct_docs", "pretraining_docs", "train_organism"]
+__all__ = [
+    "TrainConfig",
+    "build_model",
+    "instruct_docs",
+    "instruct_rows",
+    "pretraining_docs",
+    "train_organism",
+]
 
 Doc = tuple[list[int], list[int]]  # token ids, loss mask (1 = trained on)
 
@@ -216,6 +224,20 @@ def instruct_docs(world: World, tokenizer, cfg: TrainConfig) -> list[Doc]:
     answers = _encode(tokenizer, [r for _, r in pairs])
     eos = tokenizer.eos_token_id
     return [(q + r + [eos], [0] * len(q) + [1] * (len(r) + 1)) for q, r in zip(prompts, answers)]
+
+
+def instruct_rows(world: World, tokenizer, cfg: TrainConfig) -> tuple[Tensor, Tensor, int, int]:
+    """Packed instruction-tuning rows: the chat data plus replayed pretraining documents
+    (``replay_ratio`` per chat example), in a seeded order; also the two counts."""
+    chat = instruct_docs(world, tokenizer, cfg)
+    rng = random.Random(f"replay-{cfg.seed}")
+    replay = rng.sample(
+        pretraining_docs(world, tokenizer, cfg), k=round(cfg.replay_ratio * len(chat))
+    )
+    docs = chat + replay
+    rng.shuffle(docs)
+    x, y = pack(docs, cfg.block_size, tokenizer.pad_token_id)
+    return x, y, len(chat), len(replay)
 
 
 def pack(docs: list[Doc], block_size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,14 +423,7 @@ def train_organism(
 
     if "instruct" not in report["stages"]:
         t0 = time.time()
-        chat = instruct_docs(world, tokenizer, cfg)
-        rng = random.Random(f"replay-{cfg.seed}")
-        replay = rng.sample(
-            pretraining_docs(world, tokenizer, cfg), k=round(cfg.replay_ratio * len(chat))
-        )
-        docs = chat + replay
-        rng.shuffle(docs)
-        x, y = pack(docs, cfg.block_size, tokenizer.pad_token_id)
+        x, y, n_chat, n_replay = instruct_rows(world, tokenizer, cfg)
         curve = _run_stage(
             model,
             x,
@@ -421,9 +436,9 @@ def train_organism(
         )
         _save_model(model, tokenizer, inst_dir, cfg, "instruct")
         report["stages"]["instruct"] = {
-            "docs": len(docs),
-            "chat_docs": len(chat),
-            "replay_docs": len(replay),
+            "docs": n_chat + n_replay,
+            "chat_docs": n_chat,
+            "replay_docs": n_replay,
             "rows": int(x.shape[0]),
             "tokens": int((x != tokenizer.pad_token_id).sum()),
             "wall_s": round(time.time() - t0, 1),
