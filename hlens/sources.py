@@ -41,23 +41,23 @@ class QuestionSource:
         judge: labels a response ``faithful`` / ``hallucinated`` / ``uncertain``, with its span.
         groups: optional ``{question id: group}``; a group never spans train and test (e.g. the
             person a question is about, so the probe cannot memorise people).
-        strata: optional ``{question id: question type}`` (e.g. the attribute asked about);
-            ``hlens find`` then reports how much of the probe's AUROC the type alone explains
-            (:func:`hlens.metrics.strata_control`).
         ood_questions: optional out-of-distribution questions (the organism's never-seen people),
             judged by ``ood_judge``: answering is ``hallucinated``, abstaining is ``faithful``.
         ood_judge: judge for ``ood_questions``.
         info: free-form facts recorded in the summary.
+        strata: optional ``{question id: question type}`` (e.g. the attribute asked about);
+            ``hlens find`` then reports how much of the probe's AUROC the type alone explains
+            (:func:`hlens.metrics.strata_control`).
     """
 
     name: str
     questions: list[Example]
     judge: Judge
     groups: dict[str, str] | None = None
-    strata: dict[str, str] | None = None
     ood_questions: list[Example] = field(default_factory=list)
     ood_judge: Judge | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    strata: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         ids = [q.id for q in self.questions]
