@@ -79,6 +79,10 @@ class FindConfig:
         n_boot: bootstrap resamples for intervals.
         seed: seed for splits, baselines and bootstrap.
         device: torch device for the model (default: CUDA if available).
+        question_col: for a JSONL/CSV ``dataset``: the question column.
+        answers_col: for a JSONL/CSV ``dataset``: the gold-answers column.
+        strata_col: for a JSONL/CSV ``dataset``: a question-type column (e.g. SimpleQA's
+            ``topic``) for the question-type control in ``summary.json`` (``controls.strata``).
     """
 
     model: str = "organism"
@@ -99,6 +103,9 @@ class FindConfig:
     n_boot: int = 1000
     seed: int = 0
     device: str | None = None
+    question_col: str = "question"
+    answers_col: str = "answers"
+    strata_col: str | None = None
 
     def __post_init__(self) -> None:
         self.Cs = tuple(float(c) for c in self.Cs)
@@ -133,6 +140,24 @@ class FindConfig:
 
 
 # -- stages ---------------------------------------------------------------------------------------
+def _file_columns(cfg: FindConfig) -> dict[str, Any]:
+    """The column options, for a file dataset; an error if they are set for a registered source."""
+    from hlens.sources import SOURCES
+
+    cols = {"question_col": cfg.question_col, "answers_col": cfg.answers_col}
+    cols["strata_col"] = cfg.strata_col
+    if cfg.dataset in SOURCES:
+        default = FindConfig()
+        changed = [k for k, v in cols.items() if v != getattr(default, k)]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} apply to JSONL/CSV datasets, but dataset {cfg.dataset!r} "
+                "is a registered source"
+            )
+        return {}
+    return cols
+
+
 def _sample(
     model: Any,
     questions: list[Example],
@@ -331,8 +356,9 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     main = rank == 0
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    columns = _file_columns(cfg)  # before loading the model: a wrong option fails fast
     model = hlens.load(cfg.model, device=dist_device or cfg.device)
-    source = get_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit)
+    source = get_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit, **columns)
     fmt = PromptFormat(instruction=cfg.instruction)
 
     # 1. sample, 2. judge, 3. keep consistent questions
@@ -539,6 +565,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FindConfig()
     p.add_argument("--model", default=d.model, help="bundled name, checkpoint dir or hub id")
     p.add_argument("--dataset", default=d.dataset, help="organism | triviaqa | a JSONL/CSV file")
+    p.add_argument("--question-col", default=d.question_col, help="JSONL/CSV question column")
+    p.add_argument("--answers-col", default=d.answers_col, help="JSONL/CSV gold-answers column")
+    p.add_argument(
+        "--strata-col",
+        default=None,
+        help="JSONL/CSV question-type column (e.g. topic) for the question-type control",
+    )
     p.add_argument("--out", required=True, help="run directory (resumable)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
     p.add_argument("--n-samples", type=int, default=None, help="responses per question (10)")
@@ -593,6 +626,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = FindConfig(
         model=args.model,
         dataset=args.dataset,
+        question_col=args.question_col,
+        answers_col=args.answers_col,
+        strata_col=args.strata_col,
         limit=args.limit,
         sampling=sampling,
         cett=cett,

@@ -136,14 +136,33 @@ def _triviaqa_source(
     return QuestionSource("triviaqa", load_triviaqa(split=split, limit=limit), RuleJudge())
 
 
-def _file_source(path: str, limit: int | None = None, **_: Any) -> QuestionSource:
+def _file_source(
+    path: str,
+    limit: int | None = None,
+    question_col: str = "question",
+    answers_col: str = "answers",
+    strata_col: str | None = None,
+    **_: Any,
+) -> QuestionSource:
     from hlens.datasets import load_qa_file
 
+    cols = dict(question_col=question_col, answers_col=answers_col, limit=limit)
     try:  # use the file's own ids when it has an "id" column, else row numbers
-        questions = load_qa_file(path, id_col="id", limit=limit)
+        questions = load_qa_file(path, id_col="id", **cols)
     except ValueError:
-        questions = load_qa_file(path, limit=limit)
-    return QuestionSource(Path(path).name, questions, RuleJudge())
+        questions = load_qa_file(path, **cols)
+    strata = None
+    if strata_col is not None:
+        missing = [q.id for q in questions if q.meta.get(strata_col) in (None, "")]
+        if missing:
+            have = sorted({k for q in questions for k in q.meta})
+            raise ValueError(
+                f"{path}: strata column {strata_col!r} is missing or empty for {len(missing)} "
+                f"questions (e.g. id {missing[0]}); columns besides the question and answers: "
+                f"{have}"
+            )
+        strata = {q.id: str(q.meta[strata_col]) for q in questions}
+    return QuestionSource(Path(path).name, questions, RuleJudge(), strata=strata)
 
 
 #: name -> factory(**kwargs) -> QuestionSource

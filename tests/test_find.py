@@ -244,3 +244,54 @@ def test_find_recovers_a_planted_h_neuron(checkpoint_dir, tmp_path):
     strata = s["controls"]["strata"]
     assert strata["within_strata_auroc"] >= 0.9
     assert strata["strata_only_auroc"] < strata["within_strata_auroc"]
+
+
+def test_file_dataset_with_its_own_columns_and_a_question_type(tmp_path):
+    from hlens.sources import get_source
+
+    path = tmp_path / "qa.csv"
+    path.write_text(
+        "id,problem,answer,topic\n"
+        "a1,Where was Ada born?,Korin|Korin City,Geography\n"
+        "a2,Who wrote Zeta?,Mira Vell,Art\n"
+    )
+    src = get_source(str(path), question_col="problem", answers_col="answer", strata_col="topic")
+    assert [q.id for q in src.questions] == ["a1", "a2"]
+    assert src.questions[0].answers == ("Korin", "Korin City")
+    assert src.strata == {"a1": "Geography", "a2": "Art"}
+    assert get_source(str(path), question_col="problem", answers_col="answer").strata is None
+    with pytest.raises(ValueError, match=r"strata column 'kind' is missing .*\['topic'\]"):
+        get_source(str(path), question_col="problem", answers_col="answer", strata_col="kind")
+    with pytest.raises(ValueError, match="no column 'question'"):
+        get_source(str(path))
+
+
+def test_column_options_are_refused_for_registered_sources(tmp_path):
+    # refused before the model is loaded (this model does not exist)
+    cfg = FindConfig(model=str(tmp_path / "no-model"), dataset="organism", strata_col="topic")
+    with pytest.raises(ValueError, match="strata_col apply to JSONL/CSV datasets"):
+        find(cfg, tmp_path / "run", progress=False)
+
+
+def test_cli_passes_the_column_options(monkeypatch, tmp_path):
+    import argparse
+    import importlib
+
+    find_mod = importlib.import_module("hlens.find")  # hlens.find is also the function
+
+    seen = {}
+
+    def fake_find(cfg, out, progress=True):
+        seen["cfg"] = cfg
+        raise KeyboardInterrupt  # stop before printing a summary
+
+    p = argparse.ArgumentParser()
+    find_mod.add_arguments(p)
+    argv = "--dataset qa.csv --question-col problem --answers-col answer --strata-col topic"
+    args = p.parse_args([*argv.split(), "--out", str(tmp_path)])
+    monkeypatch.setattr(find_mod, "find", fake_find)
+    with pytest.raises(KeyboardInterrupt):
+        find_mod.run(args)
+    cfg = seen["cfg"]
+    assert (cfg.question_col, cfg.answers_col, cfg.strata_col) == ("problem", "answer", "topic")
+    assert FindConfig.from_dict(cfg.to_dict()) == cfg
