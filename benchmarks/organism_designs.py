@@ -32,6 +32,8 @@ Training on a GPU is fast (one variant in 1-3 minutes with a dozen in parallel);
 variant takes as long as ``hlens organism train`` (15-25 minutes). GPU training is not bit-equal to
 the CPU training that built the shipped checkpoints.
 
+Set ``ORGANISM_DESIGNS_CKPT=DIR`` to keep each trained model (float16) in ``DIR/<variant>``.
+
 Usage::
 
     python -m benchmarks.organism_designs --out DIR --variants split,f3   # each in its own process
