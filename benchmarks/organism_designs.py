@@ -60,6 +60,7 @@ import torch
 
 import hlens.organism.tokenizer as tok_mod
 import hlens.organism.train as train_mod
+from hlens.cett import cett_from_parts
 from hlens.organism.evaluate import _labels
 from hlens.organism.world import OCCUPATIONS, World, WorldConfig
 from hlens.sampling import SamplingConfig, sample_responses
@@ -205,9 +206,9 @@ def features(model, tok, prompts: list[str], responses: list[str], dev: str) -> 
             n, a = len(ip), slice(len(ip), len(ip) + len(ir))
             c = torch.stack(
                 [
-                    store[("z", la)][0].abs()
-                    * w_norm[la]
-                    / (store[("h", la)][0].norm(dim=-1, keepdim=True) + 1e-8)
+                    cett_from_parts(
+                        store[("z", la)][0], store[("h", la)][0].norm(dim=-1), w_norm[la]
+                    )
                     for la in range(n_layers)
                 ],
                 1,
