@@ -160,18 +160,8 @@ def train(cfg, tok, world: World, dev: str, pre_epochs: int = 1):
     train_mod._run_stage(
         model, x, y, cfg=cfg, lr=cfg.lr, epochs=pre_epochs, desc="pretrain", seed=cfg.seed
     )
-    x, y, _, _ = train_mod.instruct_rows(world, tok, cfg)
-    train_mod._run_stage(
-        model,
-        x,
-        y,
-        cfg=cfg,
-        lr=cfg.instruct_lr,
-        epochs=cfg.instruct_epochs,
-        desc="instruct",
-        seed=cfg.seed + 1,
-    )
-    return model, int((x != tok.pad_token_id).sum())
+    stage = train_mod.instruct_stage(model, world, tok, cfg)
+    return model, stage["tokens"]
 
 
 @torch.no_grad()

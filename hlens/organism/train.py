@@ -53,6 +53,7 @@ __all__ = [
     "build_model",
     "instruct_docs",
     "instruct_rows",
+    "instruct_stage",
     "pretraining_docs",
     "train_organism",
 ]
@@ -240,6 +241,31 @@ def instruct_rows(world: World, tokenizer, cfg: TrainConfig) -> tuple[Tensor, Te
     return x, y, len(chat), len(replay)
 
 
+def instruct_stage(model, world: World, tokenizer, cfg: TrainConfig) -> dict[str, Any]:
+    """Instruction-tune ``model`` in place (on its device); returns the stage's report entry."""
+    t0 = time.time()
+    x, y, n_chat, n_replay = instruct_rows(world, tokenizer, cfg)
+    curve = _run_stage(
+        model,
+        x,
+        y,
+        cfg=cfg,
+        lr=cfg.instruct_lr,
+        epochs=cfg.instruct_epochs,
+        desc="instruct",
+        seed=cfg.seed + 1,
+    )
+    return {
+        "docs": n_chat + n_replay,
+        "chat_docs": n_chat,
+        "replay_docs": n_replay,
+        "rows": int(x.shape[0]),
+        "tokens": int((x != tokenizer.pad_token_id).sum()),
+        "wall_s": round(time.time() - t0, 1),
+        "loss_curve": curve,
+    }
+
+
 def pack(docs: list[Doc], block_size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedily pack whole documents into rows; returns ``(input_ids, labels)`` (-100 = no loss)."""
     rows_ids: list[list[int]] = []
@@ -422,28 +448,9 @@ def train_organism(
         report_path.write_text(json.dumps(report) + "\n")
 
     if "instruct" not in report["stages"]:
-        t0 = time.time()
-        x, y, n_chat, n_replay = instruct_rows(world, tokenizer, cfg)
-        curve = _run_stage(
-            model,
-            x,
-            y,
-            cfg=cfg,
-            lr=cfg.instruct_lr,
-            epochs=cfg.instruct_epochs,
-            desc="instruct",
-            seed=cfg.seed + 1,
-        )
+        stage = instruct_stage(model, world, tokenizer, cfg)
         _save_model(model, tokenizer, inst_dir, cfg, "instruct")
-        report["stages"]["instruct"] = {
-            "docs": n_chat + n_replay,
-            "chat_docs": n_chat,
-            "replay_docs": n_replay,
-            "rows": int(x.shape[0]),
-            "tokens": int((x != tokenizer.pad_token_id).sum()),
-            "wall_s": round(time.time() - t0, 1),
-            "loss_curve": curve,
-        }
+        report["stages"]["instruct"] = stage
         report_path.write_text(json.dumps(report) + "\n")
     report["total_wall_s"] = round(sum(s["wall_s"] for s in report["stages"].values()), 1)
     report_path.write_text(json.dumps(report) + "\n")
