@@ -28,6 +28,8 @@ from hlens.features import FeatureStore as FeatureStore
 from hlens.features import extract_features as extract_features
 from hlens.find import FindConfig as FindConfig
 from hlens.find import find as find
+from hlens.gguf import GGUFError as GGUFError
+from hlens.gguf import gguf_checkpoint as gguf_checkpoint
 from hlens.interventions import ablate_neurons as ablate_neurons
 from hlens.interventions import neuron_means as neuron_means
 from hlens.interventions import scale_neurons as scale_neurons
@@ -79,6 +81,11 @@ from hlens.views import colored_tokens as colored_tokens
 from hlens.views import effects_view as effects_view
 from hlens.views import text_neuron_activations as text_neuron_activations
 from hlens.views import topk_samples as topk_samples
+from hlens.zoo import KnownModel as KnownModel
+from hlens.zoo import ModelNotInstalledError as ModelNotInstalledError
+from hlens.zoo import get_known as get_known
+from hlens.zoo import known_models as known_models
+from hlens.zoo import register_model as register_model
 
 __all__ = [
     "PAPER_INSTRUCTION",
@@ -86,10 +93,13 @@ __all__ = [
     "Example",
     "FeatureStore",
     "FindConfig",
+    "GGUFError",
     "Judge",
     "Judgement",
+    "KnownModel",
     "MLPFamily",
     "Model",
+    "ModelNotInstalledError",
     "NeuronCache",
     "NeuronCard",
     "NeuronId",
@@ -124,8 +134,11 @@ __all__ = [
     "exact_patching",
     "extract_features",
     "find",
+    "get_known",
+    "gguf_checkpoint",
     "inertia_test",
     "integrated_gradients",
+    "known_models",
     "load",
     "load_qa_file",
     "load_triviaqa",
@@ -137,6 +150,7 @@ __all__ = [
     "parameter_inertia",
     "random_neuron_baseline",
     "register_family",
+    "register_model",
     "render",
     "report_cards",
     "sample_responses",

@@ -48,6 +48,8 @@ def _known() -> set[str]:
 
 
 def _resolve_local(source: str) -> Path | None:
+    """A bundled name, a checkpoint directory, a ``.gguf`` file or a directory holding exactly one
+    ``.gguf`` (returned as the file); ``None`` for what may be a hub id."""
     if source in BUNDLED_MODELS:
         from hlens.organism import checkpoint_path
 
@@ -55,19 +57,53 @@ def _resolve_local(source: str) -> Path | None:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ValueError(f"{source!r} is a file; expected a Hugging Face checkpoint directory")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{str(path.resolve())!r} has no config.json; expected a Hugging Face checkpoint "
-                "directory (config.json, weights, tokenizer)"
+            if path.suffix.lower() == ".gguf":
+                return path
+            raise ValueError(
+                f"{source!r} is a file; expected a Hugging Face checkpoint directory or a .gguf "
+                "file"
             )
-        return path
+        if (path / "config.json").is_file():
+            return path
+        ggufs = sorted(p for p in path.glob("*.gguf") if p.is_file())
+        if len(ggufs) == 1:
+            return ggufs[0]
+        if len(ggufs) > 1:
+            raise ValueError(
+                f"{str(path.resolve())!r} holds {len(ggufs)} .gguf files "
+                f"({', '.join(p.name for p in ggufs)}) and no config.json; pass the path of the "
+                "one to load"
+            )
+        raise FileNotFoundError(
+            f"{str(path.resolve())!r} has no config.json; expected a Hugging Face checkpoint "
+            "directory (config.json, weights, tokenizer) or a directory with one .gguf file"
+        )
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
         raise FileNotFoundError(
             f"no checkpoint directory at {str(path.resolve())!r} (tried it as a local path; it "
-            f"does not look like a hub id either). Bundled models: {', '.join(BUNDLED_MODELS)}"
+            f"does not look like a hub id either). Bundled models: {', '.join(BUNDLED_MODELS)}; "
+            f"known models: {', '.join(_known_names())}"
         )
     return None
+
+
+def _known_names() -> list[str]:
+    from hlens.zoo import known_models
+
+    return [m.name for m in known_models()]
+
+
+def _gguf_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a GGUF is converted to: the requested one if a checkpoint can hold it, else
+    float32 (the bridge then casts, e.g. to float64)."""
+    from hlens.gguf import DTYPES
+
+    return dtype if dtype in DTYPES.values() else torch.float32
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_family_from_config(path: Path) -> None:
@@ -88,12 +124,16 @@ def load(
     """Load a model for neuron-level analysis.
 
     Args:
-        source: a bundled name (``"organism"``, ``"organism-base"``), a local Hugging Face
-            checkpoint directory, a Hugging Face hub id (needs network), or an already-booted
-            ``TransformerBridge``.
+        source: a bundled name (``"organism"``, ``"organism-base"``), a known real model
+            (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``: from its installed GGUF package,
+            else its hub id; see :mod:`hlens.zoo`), a local Hugging Face checkpoint directory, a
+            ``.gguf`` file or a directory with exactly one (converted once into hlens's cache,
+            see :func:`hlens.gguf.gguf_checkpoint`), a Hugging Face hub id (needs network), or an
+            already-booted ``TransformerBridge``.
         device: torch device (default: CUDA if available, else CPU). Mutually exclusive with
             ``device_map`` / ``n_devices`` in ``boot_kwargs``.
-        dtype: parameter dtype (default float32).
+        dtype: parameter dtype (default float32; a GGUF is converted to float32, bfloat16 or
+            float16 as asked, else to float32 and then cast).
         trust_remote_code: passed to Hugging Face; off unless you turn it on.
         **boot_kwargs: passed to ``TransformerBridge.boot_transformers`` (``device_map``,
             ``n_devices``, ``max_memory``, ``revision``, ``n_ctx``, ...).
@@ -101,7 +141,15 @@ def load(
     Raises:
         FileNotFoundError: a local path that does not exist or is not a checkpoint.
         UnsupportedModelError: the MLP family is not in the registry (lists supported ones).
-        ValueError: a hub id that could not be loaded (says what was tried).
+        ValueError: a hub id that could not be loaded (says what was tried); a directory with
+            several ``.gguf`` files (lists them); a corrupt or truncated ``.gguf``
+            (:class:`hlens.gguf.GGUFError`); a known model that is neither installed nor reachable
+            on the hub (:class:`hlens.zoo.ModelNotInstalledError`, gives the pip command).
+
+    Example:
+        >>> model = hlens.load("smollm2-135m-instruct")  # doctest: +SKIP
+        >>> model.known.kind, model.n_layers, model.d_mlp  # doctest: +SKIP
+        ('instruct', 30, 1536)
     """
     Bridge = _bridge_class()
     if isinstance(source, Bridge):
@@ -113,7 +161,17 @@ def load(
             f"hlens.load expects a model name, a checkpoint directory or a TransformerBridge, got "
             f"{type(source).__name__}"
         )
-    local = _resolve_local(source)
+    from hlens.zoo import ModelNotInstalledError, get_known, install_command, locate_gguf
+
+    known = get_known(source) if source not in BUNDLED_MODELS else None
+    if known is not None:
+        local = locate_gguf(known)
+    else:
+        local = _resolve_local(source)
+    if local is not None and local.is_file():  # a .gguf: convert once, then boot from the cache
+        from hlens.gguf import gguf_checkpoint
+
+        local = gguf_checkpoint(local, dtype=_gguf_dtype(dtype))
     if local is not None:
         _check_family_from_config(local)
     if device is None and "device_map" not in boot_kwargs and "n_devices" not in boot_kwargs:
@@ -123,20 +181,33 @@ def load(
         kwargs["device"] = device
     if dtype is not None:
         kwargs["dtype"] = dtype
-    target = str(local) if local is not None else source
+    if local is not None:
+        target = str(local)
+    elif known is not None:
+        target = known.hub_id
+    else:
+        target = source
     try:
         bridge = Bridge.boot_transformers(target, **kwargs)
-    except (UnsupportedModelError, FileNotFoundError):
-        raise
     except Exception as e:  # hub errors come in many types
         if local is not None:
             raise
+        if known is not None:
+            raise ModelNotInstalledError(
+                f"could not load {source!r}: its packages are not installed and loading its hub "
+                f"id {known.hub_id!r} failed (offline, or not in the Hugging Face cache: "
+                f"{type(e).__name__}: {_short(e)}). Install it to run offline: "
+                f"{install_command(known)}"
+            ) from e
+        if isinstance(e, (UnsupportedModelError, FileNotFoundError)):
+            raise
         raise ValueError(
-            f"could not load {source!r}: it is not a bundled model ({', '.join(BUNDLED_MODELS)}), "
-            f"not a local directory (checked {str(Path(source).resolve())!r}), and loading it as a "
-            f"Hugging Face hub id failed: {type(e).__name__}: {e}"
+            f"could not load {source!r}: it is not a bundled model "
+            f"({', '.join(BUNDLED_MODELS)}) or a known one ({', '.join(_known_names())}), "
+            f"not a local directory or .gguf file (checked {str(Path(source).resolve())!r}), "
+            f"and loading it as a Hugging Face hub id failed: {type(e).__name__}: {_short(e)}"
         ) from e
-    return Model(bridge, name=source)
+    return Model(bridge, name=source, known=known)
 
 
 class Model:
@@ -147,11 +218,14 @@ class Model:
         tokenizer: its tokenizer (a pad token is set if it had none).
         family: the registry entry for this model's MLPs.
         name: where it was loaded from.
+        known: the :class:`hlens.zoo.KnownModel` it was loaded as, or ``None``.
     """
 
-    def __init__(self, bridge: Any, *, name: str = "model") -> None:
+    def __init__(self, bridge: Any, *, name: str = "model", known: Any = None) -> None:
         self.bridge = bridge
         self.name = name
+        #: the :class:`hlens.zoo.KnownModel` this was loaded as (``hlens.load(name)``), else None
+        self.known = known
         hf = bridge.original_model
         arch = type(hf).__name__
         if arch not in _known():
