@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "origin": ("hlens.origin", "probe transfer to the base model and parameter inertia"),
     "report": ("hlens.report", "one offline HTML page for a run directory"),
     "organism": ("hlens.organism.cli", "train or evaluate the bundled model organism"),
+    "models": ("hlens.zoo", "known real models: installed?, converted?, size, licence, pip command"),
 }
 
 
