@@ -309,16 +309,29 @@ class RuleJudge:
             (whole response equals an alias).
         refusal_phrases: see :data:`REFUSAL_PHRASES`; ``()`` disables phrase detection.
         abstention_answers: see :data:`ABSTENTION_ANSWERS`.
+        echo_aware: an alias that occurs in the question does not make a response faithful
+            (see :meth:`usable_aliases`); :meth:`official` turns this off.
 
     Example:
         >>> ex = Example(question="How many?", answers=("4",))
         >>> RuleJudge()(ex, "40").label, RuleJudge(match="substring")(ex, "40").label
         ('hallucinated', 'faithful')
+        >>> ex = Example("What is the capital city of Canada?",
+        ...              answers=("Ottawa", "capital city of Canada"))
+        >>> RuleJudge()(ex, "The capital city of Canada is Toronto.").label
+        'hallucinated'
+        >>> RuleJudge.official()(ex, "The capital city of Canada is Toronto.").label
+        'faithful'
+        >>> ex = Example("Who was born first, Susan Sarandon or Glenn Close?",
+        ...              answers=("Susan Sarandon",))
+        >>> RuleJudge()(ex, "Susan Sarandon").label, RuleJudge()(ex, "Glenn Close").label
+        ('faithful', 'hallucinated')
     """
 
     match: MatchMode = "word"
     refusal_phrases: tuple[str, ...] = REFUSAL_PHRASES
     abstention_answers: tuple[str, ...] = ABSTENTION_ANSWERS
+    echo_aware: bool = True
 
     def __post_init__(self) -> None:
         if self.match not in MATCH_MODES:
@@ -326,16 +339,55 @@ class RuleJudge:
         object.__setattr__(self, "refusal_phrases", tuple(self.refusal_phrases))
         object.__setattr__(self, "abstention_answers", tuple(self.abstention_answers))
 
+    @classmethod
+    def official(cls) -> RuleJudge:
+        """The official reproduction's rule: substring containment, echoes count."""
+        return cls(match="substring", echo_aware=False)
+
+    def echoed_aliases(self, example: Example) -> tuple[str, ...]:
+        """The gold aliases that occur in the question (whole words, after normalisation).
+
+        With ``echo_aware`` such an alias credits a response only when it is the whole response
+        (``"Susan Sarandon"`` to "Who was born first, Susan Sarandon or Glenn Close?"): found inside
+        a longer response it is a copy of the question (``"The Tractor Boys are a team from the
+        United States"`` to "Which team is nicknamed the Tractor Boys?").
+
+        Example:
+            >>> ex = Example("Which team is nicknamed the Tractor Boys?",
+            ...              answers=("Ipswich Town", "Tractor Boys"))
+            >>> RuleJudge().echoed_aliases(ex)
+            ('Tractor Boys',)
+        """
+        if not self.echo_aware:
+            return ()
+        question = normalize_answer(example.question)
+        return tuple(
+            a
+            for a in example.answers
+            if normalize_answer(a) and _word_find(question, normalize_answer(a)) >= 0
+        )
+
     def __call__(self, example: Example, response: str) -> Judgement:
         marker = find_refusal(response, self.refusal_phrases, self.abstention_answers)
         if marker is not None and marker in {normalize_answer(a) for a in example.answers}:
             marker = None  # "none" is the gold answer, not an abstention
         if marker is not None:
             return Judgement("uncertain", reason=f'refusal marker "{marker}"')
-        hit = self.match_alias(response, example.answers)
+        echoed = set(self.echoed_aliases(example))
+        aliases = [a for a in example.answers if a not in echoed]
+        if echoed:
+            whole = normalize_answer(strip_end_tokens(response))
+            chosen = [a for a in echoed if normalize_answer(a) == whole]
+            if chosen:
+                alias = max(chosen, key=lambda a: len(normalize_answer(a)))
+                span = _answer_only_span(response, None)
+                return Judgement("faithful", alias=alias, span=span, reason="chose an alias")
+        hit = self.match_alias(response, aliases)
         if hit is None:
             if not response.strip():
                 return Judgement("hallucinated", reason="empty response")
+            if echoed and self.match_alias(response, echoed) is not None:
+                return Judgement("hallucinated", reason="only an alias copied from the question")
             return Judgement("hallucinated", reason="no gold alias matched")
         alias, span = hit
         return Judgement("faithful", alias=alias, span=span, reason=f"{self.match} match")

@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,11 +35,16 @@ from torch import Tensor
 from hlens.examples import Example
 
 __all__ = [
+    "FEW_SHOT_QA",
     "PAPER_INSTRUCTION",
+    "PROMPT_FORMATS",
     "REGIONS",
     "PromptFormat",
     "Rendered",
     "TokenBatch",
+    "prompt_format",
+    "prompt_ids",
+    "register_prompt_format",
     "render",
     "tokenize_examples",
 ]
@@ -54,6 +59,14 @@ REGIONS: tuple[str, ...] = (
 
 #: The paper's user-turn suffix for TriviaQA sampling.
 PAPER_INSTRUCTION = " Respond with the answer only, without any explanation."
+
+#: Demonstrations for base models' few-shot ``Q:``/``A:`` prompt. They are not TriviaQA questions
+#: (so no test question leaks into the prompt) and not the easy questions hlens's tests ask.
+FEW_SHOT_QA: tuple[tuple[str, str], ...] = (
+    ("What is the capital of Japan?", "Tokyo"),
+    ("Who wrote the novel Pride and Prejudice?", "Jane Austen"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,11 @@ class PromptFormat:
         end_of_turn: with a chat template, render the assistant turn with the template too, so the
             end-of-turn tokens follow the response (as the official extraction does). Without a chat
             template nothing follows the response.
+        few_shot: ``(question, answer)`` demonstrations put before the question: earlier
+            ``plain_template`` lines (each followed by ``separator``, the answer and a newline),
+            or earlier user/assistant turns with a chat template.
+        cut_at_newline: a response ends at its first newline (a base model's few-shot prompt:
+            after its answer it starts the next ``Q:`` line). Sampling stops there.
     """
 
     template: Literal["auto", "chat", "plain"] = "auto"
@@ -78,6 +96,8 @@ class PromptFormat:
     plain_template: str = "Q: {question}\nA:"
     separator: str = " "
     end_of_turn: bool = True
+    few_shot: tuple[tuple[str, str], ...] = ()
+    cut_at_newline: bool = False
 
     def __post_init__(self) -> None:
         if self.template not in ("auto", "chat", "plain"):
@@ -89,13 +109,68 @@ class PromptFormat:
                 "PromptFormat.plain_template must contain '{question}', got "
                 f"{self.plain_template!r}"
             )
+        shots = tuple((str(q), str(a)) for q, a in self.few_shot)
+        object.__setattr__(self, "few_shot", shots)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["few_shot"] = [list(x) for x in self.few_shot]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptFormat:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown PromptFormat fields {sorted(unknown)}; expected {sorted(known)}"
+            )
+        d = dict(d)
+        if "few_shot" in d:
+            d["few_shot"] = tuple(tuple(x) for x in d["few_shot"])
         return cls(**d)
+
+
+#: name -> factory(instruction) -> PromptFormat. ``hlens find --prompt NAME``; known models name
+#: theirs in :mod:`hlens.zoo`.
+PROMPT_FORMATS: dict[str, Callable[[str], PromptFormat]] = {
+    # the paper's: the chat template, the question plus the instruction in the user turn
+    "chat": lambda instruction: PromptFormat(template="chat", instruction=instruction),
+    # a chat template if the tokenizer has one, else the plain template (hlens's old default)
+    "auto": lambda instruction: PromptFormat(template="auto", instruction=instruction),
+    "plain": lambda instruction: PromptFormat(template="plain", instruction=instruction),
+    # base models: three Q:/A: demonstrations, the answer ends at the first newline
+    "fewshot_qa": lambda instruction: PromptFormat(
+        template="plain", few_shot=FEW_SHOT_QA, cut_at_newline=True
+    ),
+}
+
+
+def register_prompt_format(name: str, factory: Callable[[str], PromptFormat]) -> None:
+    """Register a prompt format under ``name`` (``factory(instruction) -> PromptFormat``)."""
+    PROMPT_FORMATS[name] = factory
+
+
+def prompt_format(name: str | None, tokenizer: Any = None, instruction: str = "") -> PromptFormat:
+    """The prompt format called ``name``; ``None`` picks ``chat`` or ``fewshot_qa``.
+
+    With ``name=None`` a tokenizer with a chat template gets ``"chat"`` and one without (a base
+    model) gets ``"fewshot_qa"``.
+
+    Example:
+        >>> prompt_format("fewshot_qa").cut_at_newline
+        True
+        >>> prompt_format(None, None).template
+        'plain'
+    """
+    if name is None:
+        has_chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+        name = "chat" if has_chat else "fewshot_qa"
+    if name not in PROMPT_FORMATS:
+        raise ValueError(
+            f"unknown prompt format {name!r}; expected one of {', '.join(sorted(PROMPT_FORMATS))}"
+        )
+    return PROMPT_FORMATS[name](instruction)
 
 
 @dataclass(frozen=True)
@@ -134,6 +209,9 @@ def render(example: Example, tokenizer: Any, fmt: PromptFormat | None = None) ->
     user = example.question + fmt.instruction
     if _uses_chat(tokenizer, fmt):
         msgs = [{"role": "system", "content": example.system}] if example.system else []
+        for q, a in fmt.few_shot:
+            msgs += [{"role": "user", "content": q + fmt.instruction}]
+            msgs += [{"role": "assistant", "content": a}]
         msgs.append({"role": "user", "content": user})
         prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         text = prompt + example.response
@@ -147,7 +225,11 @@ def render(example: Example, tokenizer: Any, fmt: PromptFormat | None = None) ->
     else:
         if example.system:
             user = example.system + "\n\n" + user
-        prompt = fmt.plain_template.format(question=user)
+        shots = "".join(
+            fmt.plain_template.format(question=q + fmt.instruction) + fmt.separator + a + "\n"
+            for q, a in fmt.few_shot
+        )
+        prompt = shots + fmt.plain_template.format(question=user)
         if example.response:
             prompt += fmt.separator
         text = prompt + example.response
@@ -159,6 +241,28 @@ def render(example: Example, tokenizer: Any, fmt: PromptFormat | None = None) ->
     if example.answer_span is not None:
         a_start, a_end = start + example.answer_span[0], start + example.answer_span[1]
     return Rendered(text, start, end, a_start, a_end, add_special)
+
+
+def prompt_ids(example: Example, tokenizer: Any, fmt: PromptFormat | None = None) -> list[int]:
+    """The token ids a model reads before it generates its response to ``example``.
+
+    The prompt is tokenized exactly as :func:`tokenize_examples` tokenizes the full text: with the
+    tokenizer's special tokens for a plain prompt (so Gemma gets its ``<bos>``), without them for
+    a chat template (which writes its own). Sampling, steering and evaluation take these ids, so
+    that generation sees what CETT extraction sees.
+
+    Example:
+        >>> from tests.helpers import build_tokenizer  # doctest: +SKIP
+        >>> prompt_ids(Example("Who?"), build_tokenizer(), PromptFormat(template="plain"))[0]  # doctest: +SKIP
+        1
+    """
+    r = render(example.replace(response=""), tokenizer, fmt)
+    ids = list(tokenizer(r.text, add_special_tokens=r.add_special_tokens)["input_ids"])
+    eos = getattr(tokenizer, "eos_token_id", None)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if r.add_special_tokens and eos is not None and eos != bos and ids and ids[-1] == eos:
+        ids = ids[:-1]  # a tokenizer that appends EOS (T5-style) must not end the prompt
+    return ids
 
 
 @dataclass
