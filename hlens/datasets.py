@@ -156,6 +156,25 @@ def parse_answers(value: Any, sep: str = "|") -> tuple[str, ...]:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
+    try:
+        rows = _read_rows_unchecked(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 ({e}); save it as UTF-8 and retry") from e
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            where = (
+                f"{path}:{n}"
+                if path.suffix.lower() in (".jsonl", ".ndjson")
+                else f"{path} row {n - 1}"
+            )
+            raise ValueError(
+                f"{where} is a {type(row).__name__}, not an object; expected one "
+                '{"question": ..., "answers": ...} object per row'
+            )
+    return rows
+
+
+def _read_rows_unchecked(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         rows = []
@@ -169,7 +188,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         return rows
     if suffix == ".json":
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} is not valid JSON: {e}") from e
         if isinstance(data, dict) and "data" in data:
             data = data["data"]
         if not isinstance(data, list):

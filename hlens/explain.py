@@ -569,11 +569,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hlens explain``; writes ``cards.json``, ``cards_table.json``, ``summary.json``."""
-    import hlens
+    from hlens.checks import check_range, load_model, load_neurons
+    from hlens.errors import validating
 
     org = _Organism
-    model = hlens.load(args.model, device=args.device)
-    neurons = NeuronSet.load(args.neurons)
+    # every input is validated before anything is written (see hlens.errors)
+    for option, value in (
+        ("--max-neurons", args.max_neurons),
+        ("--n-questions", args.n_questions),
+        ("--k", args.k),
+    ):
+        check_range(option, value, 1)
+    check_range("--agreement-pairs", args.agreement_pairs, 0)
+    exs = None
+    if args.examples:
+        from hlens.examples import Example
+
+        with validating("--examples", "a JSONL file of labelled Examples", value=args.examples):
+            lines = Path(args.examples).read_text().splitlines()
+            exs = [Example.from_dict(json.loads(x)) for x in lines if x.strip()]
+    model = load_model(args.model, device=args.device)
+    neurons = load_neurons(args.neurons, model)
     if neurons.weights is not None and len(neurons) > args.max_neurons:
         neurons = neurons.top(args.max_neurons)
     elif len(neurons) > args.max_neurons:
@@ -584,11 +600,7 @@ def run(args: argparse.Namespace) -> int:
         "n_cards": len(neurons),
     }
     kwargs: dict[str, Any] = {}
-    if args.examples:
-        from hlens.examples import Example
-
-        rows = [json.loads(x) for x in Path(args.examples).read_text().splitlines() if x.strip()]
-        exs = [Example.from_dict(r) for r in rows]
+    if exs is not None:
         kwargs["dataset"] = exs
         kwargs["faithful"] = [e for e in exs if e.label == "faithful"]
         kwargs["hallucinated"] = [e for e in exs if e.label == "hallucinated"]

@@ -44,7 +44,7 @@ from hlens.features import (
 from hlens.judge import consistency_filter, locate_answer
 from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import QuestionSource, get_source, source_sampling
+from hlens.sources import QuestionSource, source_sampling
 from hlens.splits import Splits, make_splits
 
 __all__ = ["FindConfig", "add_arguments", "find", "probe_training_set", "run"]
@@ -339,9 +339,11 @@ def _ood(
 
 def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run the identification pipeline; returns (and writes) the summary. See the module doc."""
-    import hlens
+    from hlens.checks import load_model, load_source
+    from hlens.errors import validating
     from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
     from hlens.probe import random_neuron_baseline
+    from hlens.runlock import acquire, check_free, check_settings
 
     t0 = time.time()
     cfg = config
@@ -350,15 +352,20 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             {**cfg.to_dict(), "sampling": source_sampling(cfg.dataset).to_dict()}
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # under torchrun: rank 0 samples; every rank extracts its share of feature shards
     rank, world, dist_device = init_distributed()
     main = rank == 0
+    # every input is validated (options, run directory, model, dataset) before anything is written
+    with validating():
+        columns = _file_columns(cfg)  # before loading the model: a wrong option fails fast
+    if main:  # another run in `out`, or one with other options, fails before the model loads
+        check_free(out)
+        check_settings(out / "config.json", cfg.to_dict(), command="hlens find", ignore=["device"])
+    model = load_model(cfg.model, device=dist_device or cfg.device)
+    source = load_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit, **columns)
+    _lock = acquire(out) if main else None  # one writer, until find returns or the process exits
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    columns = _file_columns(cfg)  # before loading the model: a wrong option fails fast
-    model = hlens.load(cfg.model, device=dist_device or cfg.device)
-    source = get_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit, **columns)
     fmt = PromptFormat(instruction=cfg.instruction)
 
     # 1. sample, 2. judge, 3. keep consistent questions
@@ -607,7 +614,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def _config_from_args(args: argparse.Namespace) -> FindConfig:
     sampling = source_sampling(
         args.dataset,
         n_samples=args.n_samples,
@@ -639,6 +646,26 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hlens find``: options are checked, then :func:`find` (which validates the rest)."""
+    from hlens.checks import check_range
+    from hlens.errors import validating
+
+    for option, value, lo in (
+        ("--limit", args.limit, 1),
+        ("--n-samples", args.n_samples, 1),
+        ("--max-new-tokens", args.max_new_tokens, 1),
+        ("--sample-batch-size", args.sample_batch_size, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--shard-size", args.shard_size, 1),
+        ("--temperature", args.temperature, 0),
+    ):
+        check_range(option, value, lo)
+    with validating():
+        cfg = _config_from_args(args)
     s = find(cfg, args.out, progress=not args.no_progress)
     t, b = s["metrics"]["test"], s["baselines"]["random_neurons"]
     print(

@@ -101,6 +101,12 @@ class ConsistencyRecord:
     def from_official(cls, obj: Mapping[str, Any]) -> ConsistencyRecord:
         qid, body = _single_item(obj, "consistency_samples")
         _require_keys(body, ("question", "responses", "judges"), qid)
+        for key in ("responses", "judges"):
+            if not isinstance(body[key], list):
+                raise ValueError(
+                    f"record {qid!r}: {key!r} must be a list of strings, got "
+                    f"{type(body[key]).__name__}"
+                )
         return cls(
             qid=qid,
             question=body["question"],
@@ -196,7 +202,7 @@ def read_consistency_samples(path: str | Path) -> list[ConsistencyRecord]:
     for n, obj in _read_jsonl(path):
         try:
             out.append(ConsistencyRecord.from_official(obj))
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # TypeError: a field of the wrong type
             raise ValueError(f"{path}:{n}: {e}") from e
     return out
 
@@ -212,7 +218,7 @@ def read_answer_tokens(path: str | Path) -> list[AnswerTokensRecord]:
     for n, obj in _read_jsonl(path):
         try:
             out.append(AnswerTokensRecord.from_official(obj))
-        except ValueError as e:
+        except (TypeError, ValueError) as e:  # TypeError: a field of the wrong type
             raise ValueError(f"{path}:{n}: {e}") from e
     return out
 
@@ -231,7 +237,10 @@ def read_qids(path: str | Path) -> dict[str, list[str]]:
     Note that the official train and test qid files overlap (they are drawn independently).
     """
     with open(path, encoding="utf-8") as f:
-        obj = json.load(f)
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(obj, dict) or set(obj) != {"t", "f"}:
         got = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{path} must hold an object with keys ['f', 't'], got {got}")

@@ -311,14 +311,26 @@ def origin(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Both analyses for a base/tuned pair and an ``hlens find`` run of the tuned model."""
-    import hlens
+    from hlens.checks import load_model, load_neurons
+    from hlens.errors import HlensInputError, validating
+    from hlens.probe import NeuronProbe
 
-    out = Path(out_dir)
+    # every input is validated before anything is written (see hlens.errors)
+    out, run = Path(out_dir), Path(run_dir)
+    for need in ("examples.jsonl", "splits.json", "probe", "h_neurons.json", "config.json"):
+        if not (run / need).exists():
+            raise HlensInputError(
+                f"--run {str(run)!r} has no {need}; expected an `hlens find` run directory of "
+                "the tuned model (run `hlens find --model TUNED --out DIR` first)"
+            )
+    base = load_model(base_name, device=device, option="--base")
+    tuned = load_model(tuned_name, device=device, option="--tuned")
+    with validating("--base/--tuned"):
+        check_same_architecture(base, tuned)
+    h = load_neurons(run / "h_neurons.json", tuned, option="--run")
+    with validating("--run", value=str(run)):
+        NeuronProbe.load(run / "probe", expected_shape=(base.n_layers, base.d_mlp))
     out.mkdir(parents=True, exist_ok=True)
-    base = hlens.load(base_name, device=device)
-    tuned = hlens.load(tuned_name, device=device)
-    check_same_architecture(base, tuned)
-    h = NeuronSet.load(Path(run_dir) / "h_neurons.json")
     inertia = parameter_inertia(base, tuned)
     test = inertia_test(inertia, h, seed=seed) if len(h) else {"note": "no H-neurons"}
     transfer = backward_transfer(base, run_dir, out, seed=seed, progress=progress)

@@ -645,6 +645,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hlens report``."""
+    from hlens.errors import HlensInputError
+
+    run_dir = Path(args.run_dir)
+    known = ("summary.json", "steer/summary.json", "explain/cards.json", "origin/summary.json")
+    if not run_dir.is_dir() or not any((run_dir / k).is_file() for k in known):
+        what = "is not a directory" if not run_dir.is_dir() else f"holds none of {', '.join(known)}"
+        raise HlensInputError(
+            f"run directory {str(run_dir)!r} {what}; expected a directory written by "
+            "`hlens find --out DIR` (run that first)"
+        )
+    for k in known:
+        try:
+            if (run_dir / k).is_file():
+                json.loads((run_dir / k).read_text())
+        except ValueError as e:
+            raise HlensInputError(
+                f"{str(run_dir / k)!r} is not valid JSON ({e}); it was damaged or not written by "
+                "hlens: rerun the command that writes it"
+            ) from e
     path = write_report(
         args.run_dir,
         args.out,

@@ -32,8 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hlens.neurons import NeuronSet
-
 __all__ = ["DEFAULT_ALPHAS", "add_arguments", "run", "summarize"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
@@ -71,14 +69,17 @@ def _key(suite: str, set_name: str, alpha: float) -> str:
     return f"{suite}|{set_name}|{alpha:g}"
 
 
-def _read_cells(path: Path) -> dict[str, dict[str, Any]]:
+def _read_cells(path: Path, dry: bool = False) -> dict[str, dict[str, Any]]:
+    """Finished cells; a torn last line (an interrupted write) is cut off, unless ``dry``."""
     cells: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return cells
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):  # a torn last line from an interrupted write
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-    for line in path.read_text().splitlines():
+        data = data[: data.rfind(b"\n") + 1]
+        if not dry:
+            path.write_bytes(data)
+    for line in data.decode().splitlines():
         if line.strip():
             rec = json.loads(line)
             cells[_key(rec["suite"], rec["set"], rec["alpha"])] = rec
@@ -173,17 +174,29 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    import hlens
+    from hlens.checks import check_range, load_model, load_neurons
+    from hlens.errors import HlensInputError, validating
     from hlens.interventions import scale_neurons
+    from hlens.runlock import acquire, check_free, check_settings
     from hlens.sampling import SamplingConfig
     from hlens.suites import organism_suites
 
     t0 = time.time()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = hlens.load(args.model, device=args.device)
-    h = NeuronSet.load(args.neurons)
-    h.check_model(model.n_layers, model.d_mlp, what=f"model {args.model!r}")
+    # every input is validated before anything is written (see hlens.errors)
+    check_range("--alphas", args.alphas, 0, 3)  # the paper's range; alpha = 0 silences
+    check_range("--n-random", args.n_random, 0)
+    for option, value in (
+        ("--n-questions", args.n_questions),
+        ("--n-biographies", args.n_biographies),
+        ("--max-new-tokens", args.max_new_tokens),
+        ("--batch-size", args.batch_size),
+        ("--n-boot", args.n_boot),
+    ):
+        check_range(option, value, 1)
+    check_free(out)
+    model = load_model(args.model, device=args.device)
+    h = load_neurons(args.neurons, model)
     sets = {"h_neurons": h}
     for seed in range(args.n_random):
         sets[f"random_seed{seed}"] = h.layer_matched_random(seed=seed)
@@ -196,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
     )
     unknown = [s for s in args.suites if s not in all_suites]
     if unknown:
-        raise ValueError(f"unknown suites {unknown}; expected some of {sorted(all_suites)}")
+        raise HlensInputError(
+            f"--suites: unknown suite {unknown[0]!r}; expected some of {', '.join(all_suites)}"
+        )
     suites = {s: all_suites[s] for s in args.suites}
     settings = {
         "model": str(args.model),
@@ -208,14 +223,11 @@ def run(args: argparse.Namespace) -> int:
     }
     cfg_path = out / "settings.json"
     cells_path = out / "cells.jsonl"
-    if cfg_path.exists() and cells_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old != settings:
-            changed = sorted(k for k in settings if old.get(k) != settings[k])
-            raise ValueError(
-                f"{out} holds a sweep with other settings ({', '.join(changed)} differ); use "
-                "another --out or delete its cells.jsonl"
-            )
+    if cells_path.exists():  # resuming: the same sweep only (delete cells.jsonl to start over)
+        check_settings(cfg_path, settings, command="hlens steer")
+    with validating("--out", "cells.jsonl written by hlens steer", value=str(cells_path)):
+        cells = _read_cells(cells_path, dry=True)
+    lock = acquire(out)  # one writer per directory, until the sweep is written
     cfg_path.write_text(json.dumps(settings) + "\n")
     cells = _read_cells(cells_path)
     sampling = SamplingConfig(n_samples=1, temperature=0.0, batch_size=args.batch_size)
@@ -271,4 +283,5 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"{suite}: slope per unit alpha: {line}")
         print(f"wrote {out / 'summary.json'} and {out / 'steer.png'} in {summary['wall_s']} s")
+    lock.release()
     return 0
