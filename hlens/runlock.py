@@ -57,6 +57,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: str | Path) -> None:
+        self._fd: int | None = None
         self.path = Path(run_dir) / LOCK_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -68,7 +69,7 @@ class RunLock:
             raise err from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def held(self) -> bool:
