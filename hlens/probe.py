@@ -166,6 +166,13 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
         n_features_in_: number of features seen in ``fit``.
         n_layers_, d_mlp_: the feature-space shape used.
         n_iter_: solver iterations, shape ``(1,)``.
+        converged_: whether the solver met its stopping rule (liblinear: fewer than ``max_iter``
+            iterations; torch: the min-norm subgradient below ``tol``'s threshold). A fit that did
+            not converge also warns with ``ConvergenceWarning``.
+        convergence_: a JSON-ready dict for run summaries: ``solver``, ``converged``,
+            ``n_iter``, ``max_iter``, ``tol`` and, for the torch solver, ``rel_subgradient_norm``
+            (relative to its value at ``w = 0``), ``rel_target`` (the threshold it is compared
+            with) and ``n_rounds`` (L1 working-set rounds).
         mean_, scale_: standardisation statistics (``None`` unless ``standardize``).
 
     Example:
@@ -301,8 +308,16 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
 
         if self.solver == "liblinear":
             coef, b, n_iter = self._fit_liblinear(_to_numpy(X), y)
+            self.convergence_ = {
+                "solver": "liblinear",
+                "converged": bool(n_iter < self.max_iter),
+                "n_iter": int(n_iter),
+                "max_iter": int(self.max_iter),
+                "tol": float(self.tol),
+            }
         else:
             coef, b, n_iter = self._fit_torch(X, y, prev, prev_b)
+        self.converged_ = bool(self.convergence_["converged"])
         self.coef_ = coef[None, :]
         self.intercept_ = np.array([b], dtype=np.float64)
         self.classes_ = np.array([0, 1])
@@ -348,6 +363,16 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
             coef_init=prev,
             intercept_init=prev_b,
         )
+        self.convergence_ = {
+            "solver": "torch",
+            "converged": bool(res.converged),
+            "n_iter": int(res.n_iter),
+            "max_iter": int(self.max_iter),
+            "tol": float(self.tol),
+            "rel_subgradient_norm": float(res.gnorm),
+            "rel_target": float(res.target),
+            "n_rounds": int(res.n_rounds),
+        }
         if not res.converged:
             warnings.warn(
                 f"the torch solver did not converge in max_iter={self.max_iter} iterations per "
@@ -442,6 +467,7 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
             "d_mlp": self.d_mlp_,
             "n_features": int(self.n_features_in_),
             "n_iter": int(self.n_iter_[0]),
+            "convergence": getattr(self, "convergence_", None),
             "metadata": metadata,
         }
         try:
@@ -541,6 +567,9 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
         probe.n_features_in_ = n_features
         probe.n_layers_, probe.d_mlp_ = n_layers, d_mlp
         probe.n_iter_ = np.array([int(info.get("n_iter", 0))])
+        if isinstance(info.get("convergence"), dict):  # probes saved before it have none
+            probe.convergence_ = dict(info["convergence"])
+            probe.converged_ = bool(probe.convergence_.get("converged"))
         probe.mean_ = tensors.get("scaler_mean")
         probe.scale_ = tensors.get("scaler_scale")
         if probe.standardize and (probe.mean_ is None or probe.scale_ is None):

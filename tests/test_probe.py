@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 from hlens._version import __version__
 from hlens.metrics import ProbeMetrics
@@ -326,3 +326,20 @@ def test_random_neuron_baseline_checks_model_shape(data):
     h = NeuronSet((NeuronId(0, 1),), 8, 50)
     with pytest.raises(ValueError, match=r"n_layers \* d_mlp = 8 \* 50 = 400"):
         random_neuron_baseline(X, y, Xt, yt, h)
+
+
+def test_convergence_is_recorded_and_saved(data, tmp_path):
+    X, y, _, _ = data
+    for solver in ("liblinear", "torch"):
+        probe = NeuronProbe(C=0.05, solver=solver, device="cpu").fit(X, y)
+        assert probe.converged_ is True
+        c = probe.convergence_
+        assert c["solver"] == solver and c["converged"] is True and c["n_iter"] >= 1
+        json.dumps(c)  # goes into summary.json as it is
+        if solver == "torch":
+            assert c["rel_subgradient_norm"] <= c["rel_target"] and c["n_rounds"] >= 1
+        probe.save(tmp_path / solver)
+        assert NeuronProbe.load(tmp_path / solver).convergence_ == c
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        probe = NeuronProbe(C=0.05, solver="torch", device="cpu", max_iter=1, tol=1e-12).fit(X, y)
+    assert probe.converged_ is False and probe.convergence_["converged"] is False
