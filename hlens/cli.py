@@ -119,9 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(organism_main(argv[1:]) or 0)
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
         except SystemExit as e:  # --help, --version, or a usage error (one line, status 2)
             return e.code if isinstance(e.code, int) else 0 if e.code is None else EXIT_USER
+        if extra:  # named after the subcommand, like its other usage errors
+            prog = f"hlens {args.command}" if args.command else "hlens"
+            print(
+                f"{prog}: error: unrecognized arguments: {' '.join(extra)}; see {prog} --help",
+                file=sys.stderr,
+            )
+            return EXIT_USER
         debug = debug or args.debug
         if args.command is None:
             parser.print_help()

@@ -335,6 +335,21 @@ def test_origin_run_without_find(capsys, tmp_path):
           "has no examples.jsonl", "hlens find")  # fmt: skip
 
 
+def test_origin_base_missing(capsys, tmp_path):
+    run = tmp_path / "run"
+    (run / "probe").mkdir(parents=True)
+    for name in ("examples.jsonl", "splits.json", "h_neurons.json", "config.json"):
+        (run / name).write_text("")
+    fails(capsys, tmp_path, "origin", ["origin", "--base", str(tmp_path / "nope"), "--tuned",
+          "organism", "--run", str(run), "--out", str(tmp_path / "X")],
+          "--base", "no checkpoint directory")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- models
+def test_models_unknown_option(capsys, tmp_path):
+    fails(capsys, tmp_path, "models", ["models", "--jsn"], "unrecognized arguments: --jsn")
+
+
 # ---------------------------------------------------------------------------------- report
 def test_report_missing_dir(capsys, tmp_path):
     fails(capsys, tmp_path, "report", ["report", str(tmp_path / "nope")], "is not a directory")

@@ -15,10 +15,16 @@ from tests.test_features import make_examples
 
 
 def _free_port() -> int:
+    """A free loopback port; skips where there is no usable loopback (``unshare -n``)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
+        s.listen()
+        try:
+            socket.create_connection(s.getsockname(), timeout=5).close()
+        except OSError as e:  # a network namespace without interfaces: lo is down
+            pytest.skip(f"torchrun needs the loopback interface, which is down here ({e})")
         return s.getsockname()[1]
 
 
