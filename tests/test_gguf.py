@@ -606,43 +606,51 @@ def test_real_model_logits_equal_hf(real, real_cache):
     assert worst <= 1e-4, worst
 
 
-def _greedy(model, ids: torch.Tensor, n: int = 12) -> str:
+def _answers(model, questions: list[str]) -> list[str]:
+    """Greedy answers, batched: SmolLM2 through its chat template, Gemma after three shots."""
+    tok = model.tokenizer
+    chat = model.known.prompt == "chat"
+    if chat:
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+            )
+            for q in questions
+        ]
+    else:
+        shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in SHOTS)
+        texts = [f"{shots}Q: {q}\nA:" for q in questions]
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:  # the chat template writes its own special tokens; Gemma's <bos> comes from the tokenizer
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+    finally:
+        tok.padding_side = old
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if not chat:
+        for row, real in zip(ids, mask.bool()):
+            assert row[real][0].item() == tok.bos_token_id  # Gemma needs <bos> first
+            assert (row[real] == tok.bos_token_id).sum().item() == 1
     with torch.no_grad():
         out = model.hf_model.generate(
             ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n,
+            attention_mask=mask,
+            max_new_tokens=10 if chat else 4,
             do_sample=False,
-            pad_token_id=model.tokenizer.pad_token_id,
+            pad_token_id=tok.pad_token_id,
         )
-    return model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-
-
-def _prompt_ids(model, question: str) -> torch.Tensor:
-    tok = model.tokenizer
-    if model.known.prompt == "chat":
-        ids = tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
-        )
-        return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
-    shots = "".join(f"Q: {q}\nA: {a}\n" for q, a in SHOTS)
-    ids = tok(f"{shots}Q: {question}\nA:", return_tensors="pt", add_special_tokens=True)[
-        "input_ids"
-    ]
-    assert ids[0, 0].item() == tok.bos_token_id  # Gemma needs <bos> first
-    return ids
+    answers = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    return answers if chat else [a.strip().split("\n")[0] for a in answers]
 
 
 def test_real_model_answers_easy_questions(real):
     model, _ = real
-    wrong = []
-    for question, words in QUESTIONS:
-        chat = model.known.prompt == "chat"
-        answer = _greedy(model, _prompt_ids(model, question), n=10 if chat else 4)
-        if not chat:
-            answer = answer.strip().split("\n")[0]
-        if not any(w in answer.lower() for w in words):
-            wrong.append((question, answer))
+    answers = _answers(model, [q for q, _ in QUESTIONS])
+    wrong = [
+        (q, a)
+        for (q, words), a in zip(QUESTIONS, answers)
+        if not any(w in a.lower() for w in words)
+    ]
     assert not wrong, wrong
 
 
