@@ -343,7 +343,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     from hlens.errors import validating
     from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
     from hlens.probe import random_neuron_baseline
-    from hlens.runlock import acquire, check_free, check_settings
+    from hlens.runlock import acquire, check_free, check_settings, kill_point
 
     t0 = time.time()
     cfg = config
@@ -442,6 +442,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         {**h.meta, "model": cfg.model, "dataset": source.name, "C": fit["C"]},
     )
     h.save(out / "h_neurons.json")
+    kill_point("baselines")  # test-only (HLENS_TEST_KILL_AT): after the probe, before baselines
     X_test, y_test = fit["answer_set"](list(splits.test_faithful), list(splits.test_hallucinated))
     test = probe.evaluate(X_test, y_test, n_boot=cfg.n_boot, seed=cfg.seed)
     X_train, y_train = fit["training_set"](

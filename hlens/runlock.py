@@ -19,13 +19,25 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hlens.errors import HlensInputError, RunDirInUseError
 
-__all__ = ["LOCK_NAME", "RunLock", "acquire", "check_free", "check_settings"]
+__all__ = [
+    "KILL_ENV",
+    "LOCK_NAME",
+    "RunLock",
+    "acquire",
+    "check_free",
+    "check_settings",
+    "kill_point",
+]
+
+#: test-only: the stage at which :func:`kill_point` SIGKILLs the process (tests/test_find_kill.py)
+KILL_ENV = "HLENS_TEST_KILL_AT"
 
 #: the lock file's name inside a run directory
 LOCK_NAME = ".hlens.lock"
@@ -179,3 +191,13 @@ def check_settings(
             f"{str(path.parent)!r} holds a {command} run with other settings ({diff}); rerun with "
             "the same options to resume it, or use another --out"
         )
+
+
+def kill_point(stage: str) -> None:
+    """Test-only: SIGKILL this process here when ``$HLENS_TEST_KILL_AT`` equals ``stage``.
+
+    The kill tests use it to interrupt a run at an exact point (``"baselines"``: after the probe
+    and ``h_neurons.json`` are written, before the baselines); unset, it does nothing.
+    """
+    if os.environ.get(KILL_ENV) == stage:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,4 +1,11 @@
-"""Killing `hlens find` mid-extraction (SIGKILL) and rerunning gives identical features."""
+"""Kill-anywhere resumption: SIGKILL `hlens find` or `hlens steer` at a stage, rerun, compare.
+
+After each kill the rerun must give what an uninterrupted run gives: byte-identical JSONL stores
+and feature shards, and the same summary.json but for its timing field. The kills land during
+sampling (once the first record is in samples.jsonl), during extraction (once the first shard
+is written), exactly between the probe and the baselines (``HLENS_TEST_KILL_AT=baselines``, see
+:func:`hlens.runlock.kill_point`) and, for steer, once its first cell is written.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-import torch
 
 import hlens
-from hlens.features import FeatureStore
 from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
 from hlens.sampling import SamplingConfig, sample_responses
 
@@ -43,61 +49,134 @@ def _qa_file(model, path, n=60):
     return path
 
 
-@pytest.mark.slow
-def test_sigkill_mid_extraction_then_rerun(llama, checkpoint_dir, tmp_path):
-    data = _qa_file(llama, tmp_path / "qa.jsonl")
+# -- every stage, against one uninterrupted run ---------------------------------------------------
+STORES = (
+    "samples.jsonl",
+    "consistency_samples.jsonl",
+    "judgements.json",
+    "examples.jsonl",
+    "splits.json",
+    "h_neurons.json",
+    "config.json",
+)
+
+
+@pytest.fixture(scope="module")
+def find_run(llama, checkpoint_dir, tmp_path_factory):
+    """The command, its environment, and an uninterrupted run to compare with."""
+    root = tmp_path_factory.mktemp("kill")
+    data = _qa_file(llama, root / "qa.jsonl", n=30)
     args = [
-        "--model",
-        str(checkpoint_dir("llama")),
-        "--dataset",
-        str(data),
-        "--n-samples",
-        "2",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "6",
-        "--batch-size",
-        "1",
-        "--shard-size",
-        "1",
-        "--device",
-        "cpu",
-        "--no-progress",
+        *("--model", str(checkpoint_dir("llama")), "--dataset", str(data)),
+        *("--n-samples", "2", "--temperature", "0", "--max-new-tokens", "6"),
+        *("--sample-batch-size", "1", "--batch-size", "2", "--shard-size", "2"),
+        *("--device", "cpu", "--no-progress"),
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "hlens.cli", "find"]
-    full = subprocess.run(
-        [*cmd, *args, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True
-    )
+    cmd = [sys.executable, "-m", "hlens.cli", "find", *args]
+    ref = root / "reference"
+    full = subprocess.run([*cmd, "--out", str(ref)], env=env, capture_output=True, text=True)
     assert full.returncode == 0, full.stderr[-3000:]
+    return cmd, env, ref
 
-    out = tmp_path / "b"
-    proc = subprocess.Popen(
-        [*cmd, *args, "--out", str(out)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+def _kill_when(cmd: list[str], env: dict[str, str], ready, what: str) -> None:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (out / "features" / "shard-00000.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "find ended before extracting"
+    while not ready():
+        assert proc.poll() is None and time.time() < deadline, f"ended before {what}"
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_total = json.loads((tmp_path / "a" / "features" / "manifest.json").read_text())["n_examples"]
-    done = len(list((out / "features").glob("shard-*.json")))
-    assert 1 <= done < n_total, f"the kill came too late to test resuming ({done}/{n_total})"
-    assert not (out / "features" / "manifest.json").exists()
 
-    rerun = subprocess.run(
-        [*cmd, *args, "--out", str(out)], env=env, capture_output=True, text=True
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _untimed(obj):
+    """A summary without its timing fields (``seconds``, ``wall_s``, ``c_path.fit_seconds``)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if "seconds" not in k and k != "wall_s"}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def _assert_same_find(ref: Path, out: Path) -> None:
+    for name in STORES:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    shards = sorted(p.name for p in (ref / "features").iterdir())
+    assert shards == sorted(p.name for p in (out / "features").iterdir())
+    for name in shards:
+        assert (out / "features" / name).read_bytes() == (ref / "features" / name).read_bytes()
+    sa, sb = (_untimed(json.loads((d / "summary.json").read_text())) for d in (ref, out))
+    assert sa == sb
+
+
+def _rerun(cmd, env, out: Path) -> None:
+    r = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_sigkill_during_sampling(find_run, tmp_path):
+    cmd, env, ref = find_run
+    out = tmp_path / "run"
+    _kill_when(
+        [*cmd, "--out", str(out)], env, lambda: _lines(out / "samples.jsonl") >= 2, "sampling"
     )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    a, b = FeatureStore(tmp_path / "a" / "features"), FeatureStore(out / "features")
-    assert a.ids == b.ids
-    for region in ("answer", "all_except_answer"):
-        assert torch.equal(a.load(region), b.load(region))
-    sa = json.loads((tmp_path / "a" / "summary.json").read_text())
-    sb = json.loads((out / "summary.json").read_text())
-    assert sa["h_neurons"] == sb["h_neurons"] and sa["funnel"] == sb["funnel"]
+    assert _lines(out / "samples.jsonl") < _lines(ref / "samples.jsonl"), "killed too late"
+    assert not (out / "features").exists()
+    _rerun(cmd, env, out)
+    _assert_same_find(ref, out)
+
+
+@pytest.mark.slow
+def test_sigkill_during_extraction(find_run, tmp_path):
+    cmd, env, ref = find_run
+    out = tmp_path / "run"
+    first = out / "features" / "shard-00000.json"
+    _kill_when([*cmd, "--out", str(out)], env, first.exists, "extraction")
+    assert not (out / "features" / "manifest.json").exists(), "killed too late"
+    _rerun(cmd, env, out)
+    _assert_same_find(ref, out)
+
+
+@pytest.mark.slow
+def test_sigkill_between_probe_and_baselines(find_run, tmp_path):
+    cmd, env, ref = find_run
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [*cmd, "--out", str(out)],
+        env=dict(env, HLENS_TEST_KILL_AT="baselines"),
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / "h_neurons.json").exists() and not (out / "summary.json").exists()
+    _rerun(cmd, env, out)
+    _assert_same_find(ref, out)
+
+
+@pytest.mark.slow
+def test_sigkill_steer_during_cells(tmp_path):
+    h = tmp_path / "h.json"
+    hlens.NeuronSet(
+        (hlens.NeuronId(0, 1), hlens.NeuronId(2, 9), hlens.NeuronId(3, 7)), 4, 512
+    ).save(h)
+    args = [
+        *("--model", "organism", "--neurons", str(h), "--alphas", "0", "1", "2"),
+        *("--n-random", "1", "--suites", "known_accuracy", "perplexity"),
+        *("--n-questions", "6", "--n-biographies", "3", "--n-boot", "20", "--batch-size", "2"),
+        *("--device", "cpu", "--no-progress"),
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "hlens.cli", "steer", *args]
+    ref, out = tmp_path / "reference", tmp_path / "run"
+    _rerun(cmd, env, ref)
+    _kill_when([*cmd, "--out", str(out)], env, lambda: _lines(out / "cells.jsonl") >= 1, "a cell")
+    assert _lines(out / "cells.jsonl") < _lines(ref / "cells.jsonl"), "killed too late"
+    _rerun(cmd, env, out)
+    assert (out / "cells.jsonl").read_bytes() == (ref / "cells.jsonl").read_bytes()
+    sa, sb = (_untimed(json.loads((d / "summary.json").read_text())) for d in (ref, out))
+    assert sa == sb
