@@ -26,6 +26,7 @@ BENCHMARKS = {
     "probe": "benchmarks.bench_probe",
     "generation": "benchmarks.bench_generation",
     "attribution": "benchmarks.bench_attribution",
+    "sampling": "benchmarks.bench_sampling",
 }
 
 

@@ -376,7 +376,7 @@ def fista_logistic(
             fit_intercept,
             w.index_select(0, ws).double().cpu().numpy(),
             b,
-            0.5 * target,
+            0.1 * target,
             max_iter,
         )
         n_iter += it

@@ -28,3 +28,8 @@ def test_quick_benchmarks_run(tmp_path):
     assert cett["features_equal_1e-5"] is True
     assert cett["throughput_ratio"] > 0 and cett["peak_memory_ratio"] > 0
     assert (tmp_path / "results_quick.md").read_text().startswith("# hlens benchmarks")
+    sampling = res["benchmarks"]["sampling"]["tiny_llama"]
+    assert sampling["equal_outputs"] is True  # hlens's greedy outputs are generate's
+    assert sampling["speedup"] > 0 and sampling["fraction_of_gemm_mlp"] >= 0
+    probe = res["benchmarks"]["probe"]["cases"]
+    assert all(c["torch"]["converged"] for c in probe if c["name"].startswith("correlated"))
