@@ -386,6 +386,22 @@ def test_unsupported_architecture_names_the_file(tmp_path, cache, arch, why):
     _assert_nothing_written(cache)
 
 
+def test_gguf_without_tokenizer_is_a_clear_error(tmp_path, cache):
+    import gguf
+
+    path = tmp_path / "notok.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(hgguf.GGUFError, match=f"{path}: has no tokenizer"):
+        hlens.load(path, device="cpu")
+    _assert_nothing_written(cache)
+
+
 def test_directory_with_several_ggufs_lists_them(tiny_gguf, tmp_path):
     for name in ("a.gguf", "b.gguf"):
         shutil.copy(tiny_gguf, tmp_path / name)
