@@ -139,9 +139,10 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
         penalty: ``"l1"`` (sparse; the paper's probe) or ``"l2"``.
         C: inverse regularisation strength; smaller C selects fewer neurons.
         solver: ``"liblinear"`` (scikit-learn, CPU; copies ``X`` into its own format, about
-            24 bytes per entry) or ``"torch"`` (FISTA on ``device``; no copy of a float32 ``X``
-            on CPU).
-        max_iter: liblinear iterations, or FISTA iterations per working-set round (torch).
+            24 bytes per entry) or ``"torch"`` (optimality checks over all of ``X`` on
+            ``device``, no copy of a float32 ``X`` on CPU; see :mod:`hlens.solvers`).
+        max_iter: liblinear iterations; torch: L-BFGS-B iterations per working-set round (L1)
+            or FISTA iterations (L2).
         tol: stopping tolerance, with liblinear's meaning for both solvers.
         n_layers: number of layers of the feature space; ``X`` has ``n_layers * d_mlp`` columns.
             ``None`` (with ``d_mlp``) infers it from ``X``; both ``None``: one layer of all columns.

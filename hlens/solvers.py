@@ -1,4 +1,4 @@
-"""A torch solver for L1- and L2-penalised logistic regression (FISTA), and liblinear's objective.
+"""Torch solvers for L1- and L2-penalised logistic regression, and liblinear's objective.
 
 The solver minimises **liblinear's primal objective**, the one scikit-learn's
 ``LogisticRegression(solver="liblinear")`` minimises, so the two can be compared at equal ``C``:
@@ -292,7 +292,7 @@ def fista_logistic(
     coef_init: Float[np.ndarray, " feature"] | None = None,
     intercept_init: float = 0.0,
 ) -> SolverResult:
-    """Minimise liblinear's L1 or L2 logistic objective with FISTA (see the module docstring).
+    """Minimise liblinear's L1 or L2 logistic objective (see the module docstring).
 
     Args:
         X: features, on the device to compute on (float32 or float64; the solver keeps the dtype).
@@ -305,7 +305,7 @@ def fista_logistic(
             at all).
         tol: stop when the min-norm subgradient norm is below ``tol * min(n_pos, n_neg) / n``
             times its value at 0 (liblinear's rule).
-        max_iter: FISTA iterations per working-set round (L1) or in all (L2).
+        max_iter: L-BFGS-B iterations per working-set round (L1), or FISTA iterations (L2).
         coef_init: warm start for the weights.
         intercept_init: warm start for the intercept.
 
