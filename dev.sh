@@ -2,7 +2,8 @@
 # One entry point for people and CI. Creates (or reuses) .venv, installs the CPU build of torch
 # first (a bare `torch` requirement would pull a multi-GB CUDA build), then hlens with its dev extra.
 #
-#   ./dev.sh demo   # hlens find on the bundled organism -> runs/organism (then steer, explain, origin, report)
+#   ./dev.sh demo           # hlens find, explain and report on SmolLM2-135M-Instruct -> runs/smollm2
+#   ./dev.sh demo --quick   # every command on the bundled organism -> runs/organism (minutes)
 #   ./dev.sh test   # ruff + the whole test suite (unit, organism, doctests, notebooks, benchmark smoke)
 #
 # HLENS_TORCH overrides the torch requirement (e.g. HLENS_TORCH="torch==2.13.0" is the default;
@@ -44,14 +45,21 @@ case "${1:-}" in
   demo)
     setup
     export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-    hlens find --model organism --out runs/organism
-    for cmd in "steer --model organism --neurons runs/organism/h_neurons.json --out runs/organism/steer" \
-               "explain --model organism --neurons runs/organism/h_neurons.json --out runs/organism/explain" \
-               "origin --base organism-base --tuned organism --run runs/organism --out runs/organism/origin" \
-               "report runs/organism"; do
-      sub="${cmd%% *}"
-      if hlens --help | grep -qE "^ +$sub "; then hlens $cmd; fi
-    done
+    if [ "${2:-}" = "--quick" ]; then
+      # the bundled organism: every step in a few minutes
+      hlens find --model organism --out runs/organism
+      hlens steer --model organism --neurons runs/organism/h_neurons.json --out runs/organism/steer
+      hlens explain --model organism --neurons runs/organism/h_neurons.json --out runs/organism/explain
+      hlens origin --base organism-base --tuned organism --run runs/organism --out runs/organism/origin
+      hlens report runs/organism
+    else
+      # a real model, offline: SmolLM2-135M-Instruct on the 3,500 TriviaQA questions
+      RUN=runs/smollm2
+      hlens find --model smollm2-135m-instruct --out "$RUN"
+      hlens explain --model smollm2-135m-instruct --neurons "$RUN/h_neurons.json" \
+        --examples "$RUN/examples.jsonl" --out "$RUN/explain"
+      hlens report "$RUN"
+    fi
     ;;
   test)
     setup
@@ -61,7 +69,7 @@ case "${1:-}" in
     python -m pytest hlens tests tutorials --doctest-modules --nbmake -p no:cacheprovider "${@:2}"
     ;;
   *)
-    echo "usage: ./dev.sh demo | ./dev.sh test [pytest args]" >&2
+    echo "usage: ./dev.sh demo [--quick] | ./dev.sh test [pytest args]" >&2
     exit 2
     ;;
 esac

@@ -187,9 +187,7 @@ def length_bin(n_tokens: int) -> str:
     return "4-5" if n_tokens <= 5 else "6+"
 
 
-def _oriented(
-    name: str, values: np.ndarray, y: np.ndarray, train: Any, test: Any
-) -> ControlScore:
+def _oriented(name: str, values: np.ndarray, y: np.ndarray, train: Any, test: Any) -> ControlScore:
     v_tr, y_tr, v_te, y_te = values[train], y[train], values[test], y[test]
     finite_tr, finite_te = np.isfinite(v_tr), np.isfinite(v_te)
     ok_tr = finite_tr.all() and len(set(y_tr.tolist())) == 2
@@ -315,8 +313,10 @@ def span_is_whole(example: Example) -> bool:
         True
     """
     whole = WholeResponseExtractor()(example.question, example.response).span
-    return whole is not None and example.answer_span is not None and (
-        tuple(example.answer_span) == whole
+    return (
+        whole is not None
+        and example.answer_span is not None
+        and (tuple(example.answer_span) == whole)
     )
 
 

@@ -41,11 +41,23 @@ from hlens.features import (
     init_distributed,
     write_examples,
 )
-from hlens.judge import consistency_filter, locate_answer
-from hlens.prompts import PAPER_INSTRUCTION, PromptFormat, render
+from hlens.judge import RuleJudge, consistency_filter, locate_answer
+from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import QuestionSource, source_sampling
+from hlens.sources import QuestionSource, default_dataset, source_sampling
+from hlens.spans import RuleSpanExtractor, SpanResult, WholeResponseExtractor, span_step_counts
 from hlens.splits import Splits, make_splits
+
+#: ``FindConfig.judge`` -> the judge for sources judged by rules.
+JUDGES: dict[str, RuleJudge] = {"rule": RuleJudge(), "official": RuleJudge.official()}
+
+#: ``FindConfig.spans`` -> the answer-span extractor (``None``: the judge's spans).
+SPAN_EXTRACTORS: dict[str, Any] = {
+    "rules": RuleSpanExtractor(),
+    "whole": WholeResponseExtractor(),
+    "judge": None,
+    "alias": None,
+}
 
 __all__ = ["FindConfig", "add_arguments", "find", "probe_training_set", "run"]
 
@@ -55,14 +67,30 @@ class FindConfig:
     """Everything ``hlens find`` does, in one JSON-serialisable place.
 
     Attributes:
-        model: what :func:`hlens.load` loads (bundled name, directory or hub id).
-        dataset: a registered source (``"organism"``, ``"triviaqa"``) or a JSONL/CSV path.
+        model: what :func:`hlens.load` loads (bundled or known name, directory, ``.gguf`` file
+            or hub id).
+        dataset: a registered source (``"organism"``, ``"triviaqa"``) or a JSONL/CSV path;
+            ``None`` picks the model's (the organism's world for the organism, else TriviaQA).
         limit: use only the first ``limit`` questions (``None``: all).
         sampling: how responses are sampled; ``None`` uses the paper's settings (10 samples,
             T=1, top_p 0.9, top_k 50, 50 new tokens) adjusted by the source (see
-            :data:`hlens.sources.SOURCE_SAMPLING`).
+            :data:`hlens.sources.SOURCE_SAMPLING`) and by the model's :mod:`hlens.zoo` entry.
+            A prompt format that ends answers at a newline makes sampling stop there.
         cett: how features are computed (paper: |z|, ||W_out||, mean over the answer tokens).
         instruction: appended to each question in the user turn (the paper's).
+        prompt: the prompt format (a key of :data:`hlens.prompts.PROMPT_FORMATS`); ``None``
+            uses the model's :mod:`hlens.zoo` entry, else ``"chat"`` for a tokenizer with a chat
+            template and ``"fewshot_qa"`` for one without (a base model).
+        judge: ``"rule"`` (whole-word alias match, echo-aware) or ``"official"`` (the official
+            reproduction's substring rule) for sources judged by rules.
+        spans: how the answer span of each response is marked: ``"auto"`` (the source's
+            choice, else ``"rules"``), ``"rules"`` (label-blind rules, :mod:`hlens.spans`),
+            ``"whole"`` (the whole response), ``"judge"`` (the judge's spans), or ``"alias"``
+            (the gold alias in faithful responses, the response in hallucinated ones: this
+            depends on the label and exists only to reproduce that artefact).
+        degenerate_threshold: stop before the probe when more than this share of first
+            responses is empty, or is one repeated string (a wrong prompt; see
+            :func:`degenerate_outputs`); ``None`` turns the check off.
         mode: probe training set, ``"3-vs-1"`` (paper) or ``"1-vs-1"``.
         penalty: ``"l1"`` (paper; sparse) or ``"l2"``.
         solver: ``"torch"`` (FISTA, GPU if present) or ``"liblinear"`` (scikit-learn).
@@ -86,11 +114,15 @@ class FindConfig:
     """
 
     model: str = "organism"
-    dataset: str = "organism"
+    dataset: str | None = None
     limit: int | None = None
     sampling: SamplingConfig | None = None
     cett: CETTConfig = field(default_factory=CETTConfig)
     instruction: str = PAPER_INSTRUCTION
+    prompt: str | None = None
+    judge: Literal["rule", "official"] = "rule"
+    spans: Literal["auto", "rules", "whole", "judge", "alias"] = "auto"
+    degenerate_threshold: float | None = 0.5
     mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
     penalty: Literal["l1", "l2"] = "l1"
     solver: Literal["torch", "liblinear"] = "torch"
@@ -108,6 +140,22 @@ class FindConfig:
     strata_col: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dataset is None:
+            self.dataset = default_dataset(self.model)
+        if self.judge not in JUDGES:
+            raise ValueError(
+                f"FindConfig.judge must be one of {sorted(JUDGES)}, got {self.judge!r}"
+            )
+        if self.spans not in ("auto", *SPAN_EXTRACTORS):
+            raise ValueError(
+                f"FindConfig.spans must be 'auto' or one of {sorted(SPAN_EXTRACTORS)}, got "
+                f"{self.spans!r}"
+            )
+        if self.prompt is not None and self.prompt not in PROMPT_FORMATS:
+            raise ValueError(
+                f"FindConfig.prompt must be one of {sorted(PROMPT_FORMATS)} or None, got "
+                f"{self.prompt!r}"
+            )
         self.Cs = tuple(float(c) for c in self.Cs)
         if not self.Cs or min(self.Cs) <= 1.0:
             raise ValueError(f"Cs are multiples of C_min and must all be > 1, got {self.Cs}")
@@ -167,10 +215,13 @@ def _sample(
     name: str,
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    prompts = [render(q, model.tokenizer, fmt).text for q in questions]
+    prompts = [prompt_ids(q, model.tokenizer, fmt) for q in questions]
     ids = [q.id for q in questions]
+    sampling = cfg.sampling
+    if fmt.cut_at_newline and not sampling.stop_at_newline:
+        sampling = SamplingConfig.from_dict({**sampling.to_dict(), "stop_at_newline": True})
     recs = sample_to_jsonl(
-        out / name, model.hf_model, model.tokenizer, prompts, ids, cfg.sampling, progress=progress
+        out / name, model.hf_model, model.tokenizer, prompts, ids, sampling, progress=progress
     )
     return {r["id"]: r for r in recs}
 
@@ -185,27 +236,68 @@ def _judge_all(source_judge: Any, questions: list[Example], records: dict[str, d
     return labels, spans
 
 
-def _labelled_examples(questions, records, labels, spans, kept: dict[str, str]):
-    """One example per kept question: its first response, labelled, with the answer span.
+def _labelled_examples(questions, records, labels, spans, kept: dict[str, str], how: str):
+    """One example per kept question: its first response, labelled, with its answer span.
 
-    The span is the judge's when it gives one; otherwise the gold alias in the response
-    (faithful) or, for short answer-only responses, the response itself (see
-    :func:`hlens.judge.locate_answer`).
-    Examples whose span cannot be found are reported, never kept with a guessed span.
+    ``how`` names the span extractor (see :data:`SPAN_EXTRACTORS`). Every extractor but
+    ``"alias"`` marks the span without looking at the label, so the span means the same thing in
+    both classes. Examples whose span cannot be found are reported, never kept with a guess.
+
+    Returns:
+        ``(examples, skipped, steps)``: ``steps[id]`` is the extractor step that marked it.
     """
-    out, skipped = [], []
+    extractor = SPAN_EXTRACTORS[how]
+    out, skipped, steps = [], [], {}
     for q in questions:
         if q.id not in kept:
             continue
         response = records[q.id]["responses"][0]
-        span = spans[q.id][0]
+        if extractor is not None:
+            res: SpanResult = extractor(q.question, response)
+            span, step = res.span, res.step
+        else:
+            span, step = spans[q.id][0], "judge"
+            if span is None and how == "alias":
+                span = locate_answer(response, q.answers if kept[q.id] == "faithful" else None)
+                step = "alias" if kept[q.id] == "faithful" else "answer_only"
+        steps[q.id] = step if span is not None else "none"
         if span is None:
-            span = locate_answer(response, q.answers if kept[q.id] == "faithful" else None)
-        if span is None:
-            skipped.append({"id": q.id, "reason": "answer span not found"})
+            skipped.append({"id": q.id, "label": kept[q.id], "reason": "answer span not found"})
             continue
         out.append(q.replace(response=response, answer_span=span, label=kept[q.id]))
-    return out, skipped
+    return out, skipped, steps
+
+
+def degenerate_outputs(
+    records: dict[str, dict[str, Any]], *, threshold: float = 0.5, min_questions: int = 20
+) -> dict[str, Any]:
+    """Whether a model's responses are degenerate: mostly empty, or mostly one repeated string.
+
+    A wrong prompt (Gemma without its ``<bos>`` answers ``""`` or ``"A:\nA:"`` everywhere) makes
+    every answer "hallucinated"; such a run must stop before the probe, not feed it.
+
+    Example:
+        >>> recs = {str(i): {"responses": ["A:"]} for i in range(30)}
+        >>> degenerate_outputs(recs)["degenerate"]
+        True
+    """
+    first = [r["responses"][0].strip() for r in records.values() if r["responses"]]
+    n = len(first)
+    empty = sum(not x for x in first) / n if n else 0.0
+    top, top_n = ("", 0)
+    if n:
+        from collections import Counter
+
+        top, top_n = Counter(first).most_common(1)[0]
+    share_top = top_n / n if n else 0.0
+    bad = n >= min_questions and (empty > threshold or share_top > threshold)
+    return {
+        "degenerate": bool(bad),
+        "share_empty": round(empty, 4),
+        "most_common_response": top,
+        "share_most_common": round(share_top, 4),
+        "threshold": threshold,
+    }
 
 
 def _flat(store: FeatureStore, region: str, ids: list[str]) -> torch.Tensor:
@@ -308,7 +400,10 @@ def _ood(
     records = _sample(model, source.ood_questions, out, cfg_ood, fmt, "ood_samples.jsonl", progress)
     labels, spans = _judge_all(source.ood_judge, source.ood_questions, records)
     kept = {q: ls[0] for q, ls in labels.items() if ls[0] != "uncertain"}
-    examples, skipped = _labelled_examples(source.ood_questions, records, labels, spans, kept)
+    how = _span_method(cfg, source)
+    examples, skipped, _ = _labelled_examples(
+        source.ood_questions, records, labels, spans, kept, how
+    )
     counts = {lab: sum(e.label == lab for e in examples) for lab in ("faithful", "hallucinated")}
     result: dict[str, Any] = {
         "available": True,
@@ -348,9 +443,8 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     t0 = time.time()
     cfg = config
     if cfg.sampling is None:
-        cfg = FindConfig.from_dict(
-            {**cfg.to_dict(), "sampling": source_sampling(cfg.dataset).to_dict()}
-        )
+        sampling = source_sampling(cfg.dataset, model=cfg.model)
+        cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling.to_dict()})
     out = Path(out_dir)
     # under torchrun: rank 0 samples; every rank extracts its share of feature shards
     rank, world, dist_device = init_distributed()
@@ -362,11 +456,14 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         check_free(out)
         check_settings(out / "config.json", cfg.to_dict(), command="hlens find", ignore=["device"])
     model = load_model(cfg.model, device=dist_device or cfg.device)
-    source = load_source(cfg.dataset, model_name=cfg.model, limit=cfg.limit, **columns)
+    source = load_source(
+        cfg.dataset, model_name=cfg.model, limit=cfg.limit, judge=JUDGES[cfg.judge], **columns
+    )
     _lock = acquire(out) if main else None  # one writer, until find returns or the process exits
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    fmt = PromptFormat(instruction=cfg.instruction)
+    prompt_name = _prompt_name(cfg, model)
+    fmt = prompt_format(prompt_name, model.tokenizer, cfg.instruction)
 
     # 1. sample, 2. judge, 3. keep consistent questions
     if main:
@@ -388,13 +485,30 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             for q in source.questions
         ]
         write_consistency_samples(official, out / "consistency_samples.jsonl")
-    examples, skipped = _labelled_examples(
-        source.questions, records, labels, spans, consistency.kept
+    how = _span_method(cfg, source)
+    examples, skipped, steps = _labelled_examples(
+        source.questions, records, labels, spans, consistency.kept, how
     )
     truncated = sum(sum(r["truncated"]) for r in records.values())
+    degenerate = degenerate_outputs(records, threshold=cfg.degenerate_threshold or 1.0)
+    span_info = _span_summary(how, examples, consistency.kept, steps)
     if main:
-        judged = {"labels": labels, "consistency": consistency.to_dict(), "skipped": skipped}
+        judged = {
+            "labels": labels,
+            "consistency": consistency.to_dict(),
+            "skipped": skipped,
+            "degenerate": degenerate,
+            "spans": span_info,
+        }
         (out / "judgements.json").write_text(json.dumps(judged, indent=0))
+    if degenerate["degenerate"] and cfg.degenerate_threshold is not None:
+        raise ValueError(
+            f"the model's responses are degenerate ({100 * degenerate['share_empty']:.0f}% empty, "
+            f"{100 * degenerate['share_most_common']:.0f}% are "
+            f"{degenerate['most_common_response']!r}); the probe would learn nothing. Check the "
+            f"prompt format ({prompt_name!r}; --prompt) and that the tokenizer adds the model's "
+            f"special tokens. Funnel: {consistency.funnel.to_dict()}"
+        )
 
     # 4. balanced, disjoint splits (by group when the source has groups)
     by_id = {e.id: e for e in examples}
@@ -497,6 +611,11 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             [source.strata[i] for i in test_ids],
         )
 
+    # 7c. confound controls: one number per example against the probe, on the same test split
+    controls["confounds"] = _confounds(
+        model, fmt, records, splits, by_id, probe.decision_function(X_test), controls, out, cfg
+    )
+
     # 8. out of distribution (the organism's never-seen people)
     ood = _ood(model, source, probe, out, cfg, fmt, progress)
 
@@ -526,13 +645,136 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             "n_train": len(splits.train_ids),
             "n_test": len(splits.test_ids),
             "n_truncated_samples": truncated,
+            "n_samples_total": sum(len(r["truncated"]) for r in records.values()),
+            "degenerate": degenerate,
         },
+        "spans": span_info,
+        "prompt": {"name": prompt_name, "format": fmt.to_dict()},
+        "judge": cfg.judge,
         "ood": ood,
         "source": source.info,
         "seconds": round(time.time() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
     return summary
+
+
+def _prompt_name(cfg: FindConfig, model: Any) -> str:
+    """The prompt format's name: the config's, the known model's, or by the chat template."""
+    if cfg.prompt is not None:
+        return cfg.prompt
+    known = getattr(model, "known", None)
+    if known is not None:
+        return known.prompt
+    return "chat" if getattr(model.tokenizer, "chat_template", None) else "fewshot_qa"
+
+
+def _span_method(cfg: FindConfig, source: QuestionSource) -> str:
+    if cfg.spans != "auto":
+        return cfg.spans
+    return source.spans or "rules"
+
+
+def _span_summary(
+    how: str, examples: list[Example], kept: dict[str, str], steps: dict[str, str]
+) -> dict[str, Any]:
+    """Per class: how many spans each extractor step marked, and the whole-response share."""
+    from hlens.controls import span_is_whole
+
+    by_class: dict[str, Any] = {}
+    for label in ("faithful", "hallucinated"):
+        ids = [q for q, lab in kept.items() if lab == label]
+        exs = [e for e in examples if e.label == label]
+        whole = [span_is_whole(e) for e in exs]
+        lengths = [e.answer_span[1] - e.answer_span[0] for e in exs]
+        by_class[label] = {
+            "steps": _step_counts(steps[q] for q in ids if q in steps),
+            "n_kept": len(exs),
+            "share_whole_response": float(np.mean(whole)) if whole else float("nan"),
+            "mean_span_chars": float(np.mean(lengths)) if lengths else float("nan"),
+        }
+    f, h = by_class["faithful"], by_class["hallucinated"]
+    diff = abs(f["share_whole_response"] - h["share_whole_response"])
+    return {
+        "extractor": how,
+        "label_blind": how != "alias",
+        "by_class": by_class,
+        "whole_response_share_gap": diff,
+    }
+
+
+def _step_counts(steps: Any) -> dict[str, int]:
+    counts = span_step_counts([])
+    for step in steps:
+        counts[step] = counts.get(step, 0) + 1
+    return counts
+
+
+def _confounds(
+    model: Any,
+    fmt: PromptFormat,
+    records: dict[str, dict[str, Any]],
+    splits: Splits,
+    by_id: dict[str, Example],
+    test_scores: np.ndarray,
+    controls: dict[str, Any],
+    out: Path,
+    cfg: FindConfig,
+) -> dict[str, Any]:
+    """Confound controls on the probe's test split (values cached in ``control_values.json``)."""
+    from hlens.controls import confound_controls, control_values
+
+    train_ids = [*splits.train_faithful, *splits.train_hallucinated]
+    test_ids = [*splits.test_faithful, *splits.test_hallucinated]
+    ids = train_ids + test_ids
+    y = np.array(
+        [0] * len(splits.train_faithful)
+        + [1] * len(splits.train_hallucinated)
+        + [0] * len(splits.test_faithful)
+        + [1] * len(splits.test_hallucinated)
+    )
+    cache = out / "control_values.json"
+    values: dict[str, np.ndarray] | None = None
+    if cache.exists():
+        try:
+            stored = json.loads(cache.read_text())
+            if stored.get("ids") == ids:
+                values = {k: np.array(v, dtype=np.float64) for k, v in stored["values"].items()}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            values = None
+    if values is None:
+        values = control_values(
+            model,
+            [by_id[i] for i in ids],
+            fmt,
+            truncated=[bool(records[i]["truncated"][0]) for i in ids],
+            batch_size=cfg.cett.batch_size,
+        )
+        payload = {"ids": ids, "values": {k: v.tolist() for k, v in values.items()}}
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps(payload))
+        tmp.replace(cache)
+    n_train = len(train_ids)
+    report = confound_controls(
+        values, y, slice(0, n_train), slice(n_train, len(ids)), test_scores
+    ).to_dict()
+    strata = controls.get("strata")
+    if strata:  # the question type is a one-number control too
+        a = float(strata["strata_only_auroc"])
+        report["controls"]["question_type"] = {
+            "name": "question_type",
+            "auroc": a,
+            "train_auroc": float("nan"),
+            "flipped": False,
+            "mean_faithful": float("nan"),
+            "mean_hallucinated": float("nan"),
+        }
+        if a >= report["probe_auroc"] - report["margin"]:
+            report["flagged"].append("question_type")
+            from hlens.controls import ConfoundReport
+
+            report["verdict"] = ConfoundReport.from_dict(report).verdict()
+    return report
 
 
 def _barrier(world: int) -> None:
@@ -571,8 +813,36 @@ def _jsonable(x: Any) -> Any:
 # -- command line ---------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = FindConfig()
-    p.add_argument("--model", default=d.model, help="bundled name, checkpoint dir or hub id")
-    p.add_argument("--dataset", default=d.dataset, help="organism | triviaqa | a JSONL/CSV file")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="bundled or known name (hlens models), checkpoint dir, .gguf file or hub id",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="organism | triviaqa | a JSONL/CSV file (default: organism for the organism, "
+        "else triviaqa: the hub if reachable, else the 3,500 questions shipped with hlens)",
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        choices=sorted(PROMPT_FORMATS),
+        help="prompt format (default: the model's; chat with a chat template, else fewshot_qa)",
+    )
+    p.add_argument(
+        "--judge",
+        default=d.judge,
+        choices=sorted(JUDGES),
+        help="rule: whole-word alias match, echo-aware (default); official: substring rule",
+    )
+    p.add_argument(
+        "--spans",
+        default=d.spans,
+        choices=["auto", *sorted(SPAN_EXTRACTORS)],
+        help="answer spans: auto (the source's, else rules), rules (label-blind), whole, judge, "
+        "alias (label-dependent; only to reproduce that artefact)",
+    )
     p.add_argument("--question-col", default=d.question_col, help="JSONL/CSV question column")
     p.add_argument("--answers-col", default=d.answers_col, help="JSONL/CSV gold-answers column")
     p.add_argument(
@@ -616,8 +886,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> FindConfig:
+    dataset = args.dataset if args.dataset is not None else default_dataset(args.model)
     sampling = source_sampling(
-        args.dataset,
+        dataset,
+        model=args.model,
         n_samples=args.n_samples,
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
@@ -633,7 +905,10 @@ def _config_from_args(args: argparse.Namespace) -> FindConfig:
     )
     cfg = FindConfig(
         model=args.model,
-        dataset=args.dataset,
+        dataset=dataset,
+        prompt=args.prompt,
+        judge=args.judge,
+        spans=args.spans,
         question_col=args.question_col,
         answers_col=args.answers_col,
         strata_col=args.strata_col,
@@ -684,5 +959,45 @@ def run(args: argparse.Namespace) -> int:
             f"question type alone: AUROC {strata['strata_only_auroc']:.3f}; probe within "
             f"question types: AUROC {strata['within_strata_auroc']:.3f}"
         )
+    for line in confound_lines(s):
+        print(line)
     print(f"wrote {Path(args.out) / 'summary.json'}")
     return 0
+
+
+def confound_lines(summary: dict[str, Any]) -> list[str]:
+    """The funnel, span and confound-control lines ``hlens find`` prints after its metrics."""
+    from hlens.controls import CONTROLS
+
+    lines = []
+    f = summary["funnel"]
+    lines.append(
+        f"funnel: {f['n_questions']} questions -> {f['n_consistent_faithful']} consistently "
+        f"faithful, {f['n_consistent_hallucinated']} consistently hallucinated ({f['n_mixed']} "
+        f"mixed, {f['n_with_uncertain']} with an abstention); {f['n_span_not_found']} without an "
+        f"answer span; {f['n_train']} train / {f['n_test']} test"
+    )
+    sp = summary.get("spans")
+    if sp:
+        bc = sp["by_class"]
+        lines.append(
+            f"answer spans ({sp['extractor']}): whole response in "
+            f"{bc['faithful']['share_whole_response']:.2f} of faithful and "
+            f"{bc['hallucinated']['share_whole_response']:.2f} of hallucinated examples"
+        )
+    conf = summary.get("controls", {}).get("confounds")
+    if conf:
+        lines.append(
+            f"confound controls (test AUROC of one number alone; probe {conf['probe_auroc']:.3f}):"
+        )
+        for name, c in conf["controls"].items():
+            flag = "  <-- within 0.05 of the probe" if name in conf["flagged"] else ""
+            lines.append(f"  {CONTROLS.get(name, name):<62} {c['auroc']:.3f}{flag}")
+        bins = conf.get("length_bins")
+        if bins:
+            lines.append(
+                f"  probe within answer-length bins: AUROC {bins['within_strata_auroc']:.3f} "
+                f"(length bins alone {bins['strata_only_auroc']:.3f})"
+            )
+        lines.append(("WARNING: " if conf["flagged"] else "") + conf["verdict"])
+    return lines

@@ -348,9 +348,11 @@ class RuleJudge:
         """The gold aliases that occur in the question (whole words, after normalisation).
 
         With ``echo_aware`` such an alias credits a response only when it is the whole response
-        (``"Susan Sarandon"`` to "Who was born first, Susan Sarandon or Glenn Close?"): found inside
-        a longer response it is a copy of the question (``"The Tractor Boys are a team from the
-        United States"`` to "Which team is nicknamed the Tractor Boys?").
+        (``"Susan Sarandon"`` to "Who was born first, Susan Sarandon or Glenn Close?"). Found
+        inside a longer response it may be a copy of the question (``"The Tractor Boys are a team
+        from the United States"`` to "Which team is nicknamed the Tractor Boys?") or a choice
+        made in a sentence; string rules cannot tell which, so the response is ``"uncertain"``
+        (and the consistency filter drops its question) unless another alias matches.
 
         Example:
             >>> ex = Example("Which team is nicknamed the Tractor Boys?",
@@ -387,7 +389,8 @@ class RuleJudge:
             if not response.strip():
                 return Judgement("hallucinated", reason="empty response")
             if echoed and self.match_alias(response, echoed) is not None:
-                return Judgement("hallucinated", reason="only an alias copied from the question")
+                # it names an alias the question names too: a copy, or a choice in a sentence
+                return Judgement("uncertain", reason="only an alias copied from the question")
             return Judgement("hallucinated", reason="no gold alias matched")
         alias, span = hit
         return Judgement("faithful", alias=alias, span=span, reason=f"{self.match} match")

@@ -252,8 +252,8 @@ def prompt_ids(example: Example, tokenizer: Any, fmt: PromptFormat | None = None
     that generation sees what CETT extraction sees.
 
     Example:
-        >>> from tests.helpers import build_tokenizer  # doctest: +SKIP
-        >>> prompt_ids(Example("Who?"), build_tokenizer(), PromptFormat(template="plain"))[0]  # doctest: +SKIP
+        >>> tok = hlens.load("organism").tokenizer  # doctest: +SKIP
+        >>> prompt_ids(Example("Who?"), tok, PromptFormat(template="plain"))[0]  # doctest: +SKIP
         1
     """
     r = render(example.replace(response=""), tokenizer, fmt)

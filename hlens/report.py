@@ -149,10 +149,23 @@ def _find_section(run: Path, s: Mapping[str, Any]) -> str:
             "add beyond 'any neurons of these layers'."
         )
     )
+    conf = (s.get("controls") or {}).get("confounds")
+    if conf:
+        out.append(_confound_section(conf))
     funnel = s.get("funnel")
     if funnel:
         out.append("<h3>Funnel</h3>")
-        out.append(_table([(html.escape(k.replace("_", " ")), _num(v)) for k, v in funnel.items()]))
+        flat = [(k, v) for k, v in funnel.items() if not isinstance(v, Mapping)]
+        out.append(_table([(html.escape(k.replace("_", " ")), _num(v)) for k, v in flat]))
+        deg = funnel.get("degenerate")
+        if isinstance(deg, Mapping):
+            out.append(
+                _how(
+                    f"Degenerate-output check: {100 * deg.get('share_empty', 0):.0f}% of first "
+                    f"responses are empty and {100 * deg.get('share_most_common', 0):.0f}% are "
+                    f"the most common one ({html.escape(repr(deg.get('most_common_response')))})."
+                )
+            )
         out.append(
             _how(
                 "How many questions survive each stage: sampled, judged, kept by the consistency "
@@ -181,6 +194,37 @@ def _find_section(run: Path, s: Mapping[str, Any]) -> str:
         )
     out.append(_top_neurons(run))
     return "".join(out)
+
+
+def _confound_section(conf: Mapping[str, Any]) -> str:
+    from hlens.controls import CONTROLS
+
+    flagged = set(conf.get("flagged", []))
+    rows = [
+        (
+            html.escape(CONTROLS.get(name, name)),
+            _num(c.get("auroc")),
+            "<b>within 0.05 of the probe</b>" if name in flagged else "",
+        )
+        for name, c in conf.get("controls", {}).items()
+    ]
+    bins = conf.get("length_bins") or {}
+    if bins:
+        rows.append(("probe within answer-length bins", _num(bins.get("within_strata_auroc")), ""))
+    verdict = html.escape(str(conf.get("verdict", "")))
+    style = "color:#b00;font-weight:bold" if flagged else ""
+    return (
+        "<h3>Confound controls</h3>"
+        + f"<p style='{style}'>{verdict}</p>"
+        + _table(rows, header=("one number alone", "test AUROC", ""))
+        + _how(
+            f"Each control is one number per response, its direction fitted on the training "
+            f"split, scored on the probe's test split (probe AUROC "
+            f"{_num(conf.get('probe_auroc'))}). A control within "
+            f"{conf.get('margin', 0.05):.2f} of the probe explains its result as well, so the "
+            "probe's AUROC is then no evidence of hallucination neurons."
+        )
+    )
 
 
 def _roc_figure(run: Path, s: Mapping[str, Any]) -> Any:
@@ -260,7 +304,12 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
     if not chosen:
         return None
     model = hlens.load(model_name, device=device)
-    fmt = PromptFormat(instruction=cfg.get("instruction", ""))
+    fmt_dict = (s.get("prompt") or {}).get("format")
+    fmt = (
+        PromptFormat.from_dict(fmt_dict)
+        if fmt_dict
+        else PromptFormat(instruction=cfg.get("instruction", ""))
+    )
     opts = CETTConfig.from_dict(cfg["cett"]).score_options() if "cett" in cfg else {}
     batch = model.tokenize(chosen, fmt)
     probe = NeuronProbe.load(run / "probe")

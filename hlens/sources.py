@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,12 @@ from hlens.examples import Example
 from hlens.judge import Judge, Judgement, RuleJudge, locate_answer
 
 __all__ = [
+    "MODEL_SOURCES",
     "SOURCES",
+    "TRIVIAQA_BUNDLED",
     "QuestionSource",
+    "bundled_triviaqa",
+    "default_dataset",
     "get_source",
     "organism_judge",
     "register_source",
@@ -48,6 +53,9 @@ class QuestionSource:
         strata: optional ``{question id: question type}`` (e.g. the attribute asked about);
             ``hlens find`` then reports how much of the probe's AUROC the type alone explains
             (:func:`hlens.metrics.strata_control`).
+        spans: the answer-span extractor ``hlens find`` uses for this source when its config
+            says ``"auto"`` (a key of :data:`hlens.find.SPAN_EXTRACTORS`); ``None`` means the
+            label-blind rules (:class:`hlens.spans.RuleSpanExtractor`).
     """
 
     name: str
@@ -58,6 +66,7 @@ class QuestionSource:
     ood_judge: Judge | None = None
     info: dict[str, Any] = field(default_factory=dict)
     strata: dict[str, str] | None = None
+    spans: str | None = None
 
     def __post_init__(self) -> None:
         ids = [q.id for q in self.questions]
@@ -125,15 +134,65 @@ def _organism_source(
         ood_questions=ood,
         ood_judge=organism_judge(world, ood=True),
         info={"world_seed": world.config.seed},
+        spans="whole",  # the organism answers with the answer only
     )
 
 
-def _triviaqa_source(
-    limit: int | None = None, split: str = "validation", **_: Any
-) -> QuestionSource:
-    from hlens.datasets import load_triviaqa
+#: The TriviaQA questions shipped with hlens (see ``hlens/data/README.md``).
+TRIVIAQA_BUNDLED = Path(__file__).resolve().parent / "data" / "triviaqa_3500.jsonl"
 
-    return QuestionSource("triviaqa", load_triviaqa(split=split, limit=limit), RuleJudge())
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def bundled_triviaqa(limit: int | None = None) -> list[Example]:
+    """The 3,500 TriviaQA validation questions shipped with hlens (ids and gold aliases).
+
+    Example:
+        >>> qs = bundled_triviaqa(limit=2)
+        >>> qs[0].id, qs[0].answers[-1]
+        ('tc_1', 'Sinclair Lewis')
+    """
+    from hlens.datasets import load_qa_file
+
+    return load_qa_file(TRIVIAQA_BUNDLED, id_col="id", limit=limit)
+
+
+def _triviaqa_source(
+    limit: int | None = None,
+    split: str = "validation",
+    judge: Judge | None = None,
+    hub: bool | None = None,
+    **_: Any,
+) -> QuestionSource:
+    """TriviaQA from the hub when it is reachable, else the 3,500 questions shipped with hlens.
+
+    ``hub=True`` requires the hub, ``hub=False`` never tries it; ``None`` tries it unless an
+    offline variable (``HF_HUB_OFFLINE``, ``HF_DATASETS_OFFLINE``) is set. ``info["origin"]``
+    says which was used.
+    """
+    judge = judge if judge is not None else RuleJudge()
+    why = "HF_HUB_OFFLINE is set" if _offline() else None
+    if hub is not False and (hub or why is None):
+        try:
+            from hlens.datasets import load_triviaqa
+
+            questions = load_triviaqa(split=split, limit=limit)
+            return QuestionSource(
+                "triviaqa", questions, judge, info={"origin": f"hub ({split} split)"}
+            )
+        except Exception as e:  # no `datasets`, no network, no cache: many error types
+            if hub:
+                raise ValueError(f"could not load TriviaQA from the hub: {e}") from e
+            why = f"hub unreachable ({type(e).__name__})"
+    if hub is False:
+        why = "hub not asked"
+    origin = f"bundled subset of {TRIVIAQA_BUNDLED.name} ({why})"
+    return QuestionSource("triviaqa", bundled_triviaqa(limit), judge, info={"origin": origin})
 
 
 def _file_source(
@@ -142,6 +201,7 @@ def _file_source(
     question_col: str = "question",
     answers_col: str = "answers",
     strata_col: str | None = None,
+    judge: Judge | None = None,
     **_: Any,
 ) -> QuestionSource:
     from hlens.datasets import load_qa_file
@@ -162,7 +222,8 @@ def _file_source(
                 f"{have}"
             )
         strata = {q.id: str(q.meta[strata_col]) for q in questions}
-    return QuestionSource(Path(path).name, questions, RuleJudge(), strata=strata)
+    judge = judge if judge is not None else RuleJudge()
+    return QuestionSource(Path(path).name, questions, judge, strata=strata)
 
 
 #: name -> factory(**kwargs) -> QuestionSource
@@ -178,12 +239,26 @@ SOURCE_SAMPLING: dict[str, dict[str, Any]] = {
     "organism": {"max_new_tokens": 16, "batch_size": 320},
 }
 
+#: model name -> the dataset ``hlens find`` uses for it when none is given (default: TriviaQA).
+MODEL_SOURCES: dict[str, str] = {"organism": "organism", "organism-base": "organism"}
+
+
+def default_dataset(model: str) -> str:
+    """The dataset ``hlens find --model MODEL`` uses without ``--dataset``.
+
+    Example:
+        >>> default_dataset("organism"), default_dataset("smollm2-135m-instruct")
+        ('organism', 'triviaqa')
+    """
+    return MODEL_SOURCES.get(str(model), "triviaqa")
+
 
 def register_source(
     name: str,
     factory: Callable[..., QuestionSource],
     *,
     sampling: dict[str, Any] | None = None,
+    models: Sequence[str] = (),
 ) -> None:
     """Register a question source under ``name`` (for ``hlens find --dataset name``).
 
@@ -192,17 +267,30 @@ def register_source(
         factory: ``factory(model_name=..., limit=...) -> QuestionSource``.
         sampling: :class:`~hlens.sampling.SamplingConfig` fields that differ from the paper's
             defaults for this source.
+        models: model names whose default dataset this source becomes.
     """
     SOURCES[name] = factory
     if sampling:
         SOURCE_SAMPLING[name] = dict(sampling)
+    for m in models:
+        MODEL_SOURCES[m] = name
 
 
-def source_sampling(name: str, **overrides: Any) -> Any:
-    """The sampling settings for a source: the paper's defaults, the source's, then overrides."""
+def source_sampling(name: str, model: str | None = None, **overrides: Any) -> Any:
+    """Sampling settings: the paper's defaults, then the source's, the model's, and ``overrides``.
+
+    The model's come from its :mod:`hlens.zoo` entry (a known real model), if it has one.
+
+    Example:
+        >>> source_sampling("organism").max_new_tokens
+        16
+    """
     from hlens.sampling import SamplingConfig
+    from hlens.zoo import get_known
 
+    known = get_known(str(model)) if model is not None else None
     fields = {**SamplingConfig().to_dict(), **SOURCE_SAMPLING.get(name, {})}
+    fields.update(dict(known.sampling) if known is not None else {})
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return SamplingConfig.from_dict(fields)
 

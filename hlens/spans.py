@@ -48,9 +48,9 @@ from hlens.judge import normalize_answer, strip_end_tokens
 __all__ = [
     "LEAD_INS",
     "SPAN_STEPS",
+    "RuleSpanExtractor",
     "SpanExtractor",
     "SpanResult",
-    "RuleSpanExtractor",
     "WholeResponseExtractor",
     "span_step_counts",
 ]
@@ -82,9 +82,14 @@ LEAD_INS: tuple[str, ...] = (
     "perhaps",
 )
 
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Words that carry no answer: function words, copulas and the predicates a sentence answer wraps
 # around its answer ("X was born in Y", "X was written by Y").
-_STOPWORDS = frozenset(
+_STOPWORDS = _wordset(
     """
     a an the of in on at to for from by with as into onto about over under between than then
     and or but nor so if is are was were be been being am has have had do does did will would
@@ -94,26 +99,26 @@ _STOPWORDS = frozenset(
     known called named born died won wrote written directed played located situated awarded
     published invented released founded created made became considered famous originally first
     answer correct think believe refers refer real actually
-    """.split()
+    """
 )
 # Words that name the kind of answer rather than the answer ("the novel", "the city of").
-_CATEGORIES = frozenset(
+_CATEGORIES = _wordset(
     """
     novel book film movie song album show series play poem opera city town village country state
     nation team club band group writer author actor actress singer player person man woman
     character name word year capital place river island mountain language
-    """.split()
+    """
 )
 # Predicates: a short response that holds one is a sentence, not an answer ("Golding wrote it").
-_PREDICATES = frozenset(
+_PREDICATES = _wordset(
     """
     is are was were be been am has have had wrote written won born died directed played located
     awarded published invented released founded created made became
-    """.split()
+    """
 )
 # Words that may join the parts of a multi-word answer ("Lord of the Flies", "Leonardo da Vinci").
-_CONNECTORS = frozenset("of the de la le du da di van von der den del y and & st".split())
-_ABBREVIATIONS = frozenset("st mr mrs ms dr mt jr sr vs no co inc ltd gen col lt sgt rev".split())
+_CONNECTORS = _wordset("of the de la le du da di van von der den del y and & st")
+_ABBREVIATIONS = _wordset("st mr mrs ms dr mt jr sr vs no co inc ltd gen col lt sgt rev")
 _WORD = re.compile(r"\S+")
 _EDGE = "\"'“”‘’«»`()[]{}.,;:!?*"
 _TRAILING = ".,;:!?"

@@ -41,6 +41,7 @@ def _fake_source(n=48):
             strata={q.id: "early" if int(q.id[1:]) < n // 2 else "late" for q in questions},
             ood_questions=ood,
             ood_judge=judge,
+            spans="judge",  # the judge's span: the whole response, in both classes
         )
 
     return factory
@@ -63,6 +64,7 @@ def _config(checkpoint_dir, **kw):
         n_boot=50,
         Cs=(1.5, 3.0, 10.0),
         device="cpu",
+        degenerate_threshold=None,  # a tiny random model repeats itself; the fake judge decides
         **kw,
     )
 
@@ -206,7 +208,7 @@ def _parity_source(tokenizer, n=160):
 
     def factory(**_):
         strata = {q.id: f"kind{int(q.id[1:]) % 3}" for q in questions}
-        return QuestionSource("parity", questions, judge, strata=strata)
+        return QuestionSource("parity", questions, judge, strata=strata, spans="judge")
 
     return factory
 
@@ -295,3 +297,80 @@ def test_cli_passes_the_column_options(monkeypatch, tmp_path):
     cfg = seen["cfg"]
     assert (cfg.question_col, cfg.answers_col, cfg.strata_col) == ("problem", "answer", "topic")
     assert FindConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- the span artefact
+
+
+TOWNS = ("Paris", "London", "Madrid", "Lisbon", "Vienna", "Prague")
+
+
+def _sentence_source(n=96):
+    """Questions judged by the rule judge; responses are written by the test (see below)."""
+    from hlens.judge import RuleJudge
+
+    questions = [
+        hlens.Example(f"Where was person {i} born?", id=f"q{i}", answers=(TOWNS[i % 6],))
+        for i in range(n)
+    ]
+    return lambda **_: QuestionSource("sentences", questions, RuleJudge())
+
+
+def _sentences(path, model, tokenizer, prompts, ids, config, progress=True):
+    """Answers in sentences, as SmolLM2 gives them: even ids right, odd ids wrong, both drawn
+    from the same towns (so right and wrong answers have the same lengths)."""
+    out = []
+    for qid in ids:
+        i = int(qid[1:])
+        town = TOWNS[i % 6] if i % 2 == 0 else TOWNS[(i + 1) % 6]
+        r = f"Person {i} was born in {town}, in the north."
+        out.append({"id": qid, "responses": [r] * config.n_samples,
+                    "truncated": [False] * config.n_samples})  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("spans", ["alias", "rules"])
+def test_the_span_artefact_is_caught_and_label_blind_spans_remove_it(
+    checkpoint_dir, tmp_path, monkeypatch, spans
+):
+    """With alias spans (faithful: the alias; hallucinated: the whole response) the span length
+    alone separates the classes and hlens says the probe's result is not a finding; with the
+    label-blind rules the spans mean the same in both classes and span length explains nothing."""
+    import importlib
+
+    from hlens.find import confound_lines
+
+    F = importlib.import_module("hlens.find")  # hlens.find the attribute is the function
+    monkeypatch.setattr(F, "sample_to_jsonl", _sentences)
+    register_source("sentences", _sentence_source())
+    try:
+        cfg = _config(checkpoint_dir, spans=spans)
+        cfg = FindConfig.from_dict({**cfg.to_dict(), "dataset": "sentences"})
+        s = find(cfg, tmp_path, progress=False)
+    finally:
+        SOURCES.pop("sentences")
+    conf = s["controls"]["confounds"]
+    gap = s["spans"]["whole_response_share_gap"]
+    span_auroc = conf["controls"]["span_tokens"]["auroc"]
+    if spans == "alias":
+        assert not s["spans"]["label_blind"]
+        assert gap == 1.0 and span_auroc == 1.0
+        assert "span_tokens" in conf["flagged"]
+        assert any(line.startswith("WARNING: NOT A FINDING") for line in confound_lines(s))
+    else:
+        assert s["spans"]["label_blind"] and gap == 0.0
+        assert s["spans"]["by_class"]["faithful"]["steps"]["new_phrase"] > 0
+        assert span_auroc <= 0.65
+    assert set(conf["controls"]) >= {"span_tokens", "response_tokens", "truncated", "span_start",
+                                     "answer_logprob", "answer_entropy"}  # fmt: skip
+    assert "within_strata_auroc" in conf["length_bins"]
+
+
+def test_degenerate_outputs_stop_the_run_before_the_probe(checkpoint_dir, fake_source, tmp_path):
+    """A tiny random model decoding greedily repeats one string: flagged, and no probe is fit."""
+    cfg = FindConfig.from_dict({**_config(checkpoint_dir).to_dict(), "degenerate_threshold": 0.5})
+    with pytest.raises(ValueError, match="degenerate"):
+        find(cfg, tmp_path, progress=False)
+    judged = json.loads((tmp_path / "judgements.json").read_text())
+    assert judged["degenerate"]["degenerate"] is True
+    assert not (tmp_path / "probe").exists() and not (tmp_path / "summary.json").exists()

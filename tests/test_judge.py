@@ -345,3 +345,38 @@ def test_agreement_with_recorded_labels_full() -> None:
     agree, total = _agreement(SHARED / "gemma3_4b_consistency_samples.jsonl")
     assert total == 35000
     assert agree / total >= 0.97  # measured: 34838 / 35000 = 99.54%
+
+
+# ----------------------------------------------------------------------------- echoes
+
+
+def test_echo_aware_judge_does_not_credit_aliases_copied_from_the_question() -> None:
+    """The artefact run's "faithful by echo" cases are hallucinated here, and official mode
+    keeps the old rule for comparison."""
+    ex = Example(
+        question="Which English football team is nicknamed the Tractor Boys?",
+        answers=("Ipswich Town", "Tractor Boys", "Ipswich Town F.C."),
+    )
+    r = "The Tractor Boys are a team from the United States"
+    assert RuleJudge()(ex, r).label == "uncertain"  # never faithful; dropped by consistency
+    assert RuleJudge()(ex, r).reason == "only an alias copied from the question"
+    assert RuleJudge.official()(ex, r).label == "faithful"
+    assert RuleJudge()(ex, "Ipswich Town, the Tractor Boys.").label == "faithful"
+    ex = Example(
+        "What is the capital city of Canada?", answers=("Ottawa", "capital city of Canada")
+    )
+    j = RuleJudge()(ex, "The capital city of Canada is Ottawa.")
+    assert (j.label, j.alias) == ("faithful", "Ottawa")  # credited for Ottawa, not the echo
+    assert RuleJudge()(ex, "The capital city of Canada is Toronto.").label == "hallucinated"
+
+
+def test_echo_aware_judge_keeps_choices_between_named_options() -> None:
+    """ "Who was born first, A or B?": answering "A" chooses an alias, it does not copy it."""
+    ex = Example("Who was born first, Susan Sarandon or Glenn Close?", answers=("Susan Sarandon",))
+    assert RuleJudge()(ex, "Susan Sarandon.").label == "faithful"
+    assert RuleJudge()(ex, "Glenn Close").label == "hallucinated"
+    # a sentence naming both options: string rules cannot tell a copy from a choice
+    assert RuleJudge()(ex, "Susan Sarandon was born before Glenn Close.").label == "uncertain"
+    assert RuleJudge.official()(ex, "Susan Sarandon was born before Glenn Close.").label == (
+        "faithful"
+    )
