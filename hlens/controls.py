@@ -19,7 +19,9 @@ Each control's direction is fitted on the training split (a control that is high
 answers is flipped), then its AUROC is measured on the test split, so it competes with the probe
 on equal terms. The probe's AUROC within bins of answer-span length says whether it still works
 among answers of the same length. :data:`MARGIN` is the rule for the verdict: a control within
-0.05 of the probe explains the probe's result as well, and :func:`confound_controls` says so.
+0.05 of the probe explains the probe's result as well, and :func:`confound_controls` says so. A
+probe below :data:`MIN_SIGNAL` (0.6) has nothing to explain, and a control below it explains
+nothing.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROLS",
     "MARGIN",
+    "MIN_SIGNAL",
     "ConfoundReport",
     "ControlScore",
     "answer_confidence",
@@ -65,6 +68,9 @@ __all__ = [
 
 #: A one-number control whose test AUROC is within this of the probe's explains it as well.
 MARGIN = 0.05
+
+#: Below this AUROC a probe or a control carries no signal worth explaining (or explaining with).
+MIN_SIGNAL = 0.6
 
 #: name -> what it measures (in summary.json, the CLI and the report).
 CONTROLS: dict[str, str] = {
@@ -130,6 +136,19 @@ class ConfoundReport:
 
     def verdict(self) -> str:
         """One plain sentence for the CLI and the report."""
+        strong = [c for c in self.controls if c.auroc >= MIN_SIGNAL]
+        if not self.probe_auroc >= MIN_SIGNAL:
+            text = (
+                f"no finding: the probe is near chance (AUROC {self.probe_auroc:.3f}), so there is "
+                "no signal for a control to explain"
+            )
+            if strong:
+                best = max(strong, key=lambda c: c.auroc)
+                text += (
+                    f"; {CONTROLS.get(best.name, best.name)} alone reaches {best.auroc:.3f}, so "
+                    "the model carries the information in a form this probe does not read"
+                )
+            return text
         if self.flagged:
             parts = ", ".join(
                 f"{CONTROLS.get(c.name, c.name)} ({c.auroc:.3f})"
@@ -251,7 +270,9 @@ def confound_controls(
             scores,
             [length_bin(int(n)) for n in lengths[test]],
         )
-    flagged = [c.name for c in out if not math.isnan(c.auroc) and c.auroc >= probe - margin]
+    flagged = [
+        c.name for c in out if probe >= MIN_SIGNAL and c.auroc >= max(probe - margin, MIN_SIGNAL)
+    ]
     return ConfoundReport(probe, out, bins, flagged, margin)
 
 

@@ -722,7 +722,7 @@ def _confounds(
     cfg: FindConfig,
 ) -> dict[str, Any]:
     """Confound controls on the probe's test split (values cached in ``control_values.json``)."""
-    from hlens.controls import confound_controls, control_values
+    from hlens.controls import MIN_SIGNAL, confound_controls, control_values
 
     train_ids = [*splits.train_faithful, *splits.train_hallucinated]
     test_ids = [*splits.test_faithful, *splits.test_hallucinated]
@@ -769,7 +769,8 @@ def _confounds(
             "mean_faithful": float("nan"),
             "mean_hallucinated": float("nan"),
         }
-        if a >= report["probe_auroc"] - report["margin"]:
+        probe = report["probe_auroc"]
+        if probe >= MIN_SIGNAL and a >= max(probe - report["margin"], MIN_SIGNAL):
             report["flagged"].append("question_type")
             from hlens.controls import ConfoundReport
 

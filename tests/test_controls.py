@@ -116,3 +116,22 @@ def test_control_values_on_a_tiny_model(llama) -> None:
     assert lp[0] == pytest.approx(ref, abs=1e-5)  # float32 forward, fewer logits kept
     p = logp[pos[0] - 1].exp()
     assert ent[0] == pytest.approx(float(-(p * logp[pos[0] - 1]).sum()), abs=1e-5)
+
+
+def test_a_probe_at_chance_has_nothing_to_explain() -> None:
+    """The organism's case: the probe is at chance while the model's confidence separates well."""
+    rng = np.random.default_rng(2)
+    n = 400
+    y = rng.integers(0, 2, n)
+    confidence = -3.0 * y + rng.normal(size=n)
+    rep = confound_controls(
+        {"answer_logprob": confidence, "span_tokens": rng.integers(1, 3, n).astype(float)},
+        y,
+        slice(0, 300),
+        slice(300, n),
+        rng.normal(size=100),
+    )
+    assert rep.flagged == []  # a control at chance explains nothing, a probe at chance neither
+    v = rep.verdict()
+    assert v.startswith("no finding: the probe is near chance")
+    assert "mean log-probability" in v and "does not read" in v
