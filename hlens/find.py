@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hlens._version import __version__
+from hlens.errors import HlensInputError
 from hlens.examples import Example
 from hlens.features import (
     CETTConfig,
@@ -502,7 +503,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         }
         (out / "judgements.json").write_text(json.dumps(judged, indent=0))
     if degenerate["degenerate"] and cfg.degenerate_threshold is not None:
-        raise ValueError(
+        raise HlensInputError(
             f"the model's responses are degenerate ({100 * degenerate['share_empty']:.0f}% empty, "
             f"{100 * degenerate['share_most_common']:.0f}% are "
             f"{degenerate['most_common_response']!r}); the probe would learn nothing. Check the "
@@ -515,7 +516,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     faithful = [e.id for e in examples if e.label == "faithful"]
     halluc = [e.id for e in examples if e.label == "hallucinated"]
     if min(len(faithful), len(halluc)) < 4:
-        raise ValueError(
+        raise HlensInputError(
             f"too few consistent questions to fit a probe: {len(faithful)} faithful, {len(halluc)} "
             f"hallucinated (funnel: {consistency.funnel.to_dict()}); use more questions"
         )

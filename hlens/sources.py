@@ -149,6 +149,17 @@ def _offline() -> bool:
     )
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection (no network fails at DNS, at once)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def bundled_triviaqa(limit: int | None = None) -> list[Example]:
     """The 3,500 TriviaQA validation questions shipped with hlens (ids and gold aliases).
 
@@ -177,6 +188,8 @@ def _triviaqa_source(
     """
     judge = judge if judge is not None else RuleJudge()
     why = "HF_HUB_OFFLINE is set" if _offline() else None
+    if why is None and hub is None and not _hub_reachable():
+        why = "hub unreachable"
     if hub is not False and (hub or why is None):
         try:
             from hlens.datasets import load_triviaqa
