@@ -76,6 +76,9 @@ from hlens.steering import steering_vector as steering_vector
 from hlens.suites import Suite as Suite
 from hlens.suites import SuiteResult as SuiteResult
 from hlens.suites import organism_suites as organism_suites
+from hlens.sweep import SteerConfig as SteerConfig
+from hlens.sweep import SteerResult as SteerResult
+from hlens.sweep import steer_sweep as steer_sweep
 from hlens.views import View as View
 from hlens.views import colored_tokens as colored_tokens
 from hlens.views import effects_view as effects_view
@@ -111,6 +114,8 @@ __all__ = [
     "RuleJudge",
     "SamplingConfig",
     "Splits",
+    "SteerConfig",
+    "SteerResult",
     "Suite",
     "SuiteResult",
     "TokenBatch",
@@ -157,6 +162,7 @@ __all__ = [
     "scale_neurons",
     "select_C",
     "steer",
+    "steer_sweep",
     "steering_vector",
     "strata_control",
     "supported_architectures",
