@@ -256,7 +256,7 @@ def prompt_ids(example: Example, tokenizer: Any, fmt: PromptFormat | None = None
         >>> prompt_ids(Example("Who?"), tok, PromptFormat(template="plain"))[0]  # doctest: +SKIP
         1
     """
-    r = render(example.replace(response=""), tokenizer, fmt)
+    r = render(example.replace(response="", answer_span=None), tokenizer, fmt)
     ids = list(tokenizer(r.text, add_special_tokens=r.add_special_tokens)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     bos = getattr(tokenizer, "bos_token_id", None)

