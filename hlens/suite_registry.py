@@ -63,6 +63,7 @@ __all__ = [
     "parse_suite_files",
     "register_suite",
     "resolve_files",
+    "save_known",
     "suite_names",
     "with_fluency",
 ]
@@ -313,7 +314,8 @@ def _file_suite(ctx: SuiteContext, spec: SuiteSpec) -> Any:
 
 def known_triviaqa(ctx: SuiteContext) -> list[Example]:
     """TriviaQA questions (bundled, from the end of the file) the model answers right, greedily,
-    with no intervention; the first ``ctx.n`` of them, cached in ``ctx.cache_dir``.
+    with no intervention; the first ``ctx.n`` of them. Read from ``ctx.cache_dir`` if cached
+    there (:func:`save_known` writes the cache).
 
     Call it before any neuron is scaled (:func:`build_suites` does).
     """
@@ -327,9 +329,14 @@ def known_triviaqa(ctx: SuiteContext) -> list[Example]:
     n = ctx.n or len(pool)
     cache = ctx.cache_dir / "known_triviaqa.json" if ctx.cache_dir else None
     if cache is not None and cache.is_file():
-        ids = json.loads(cache.read_text())["ids"]
         by_id = {str(ex.id): ex for ex in pool}
-        ctx.memo["known"] = [by_id[i] for i in ids]
+        try:
+            ctx.memo["known"] = [by_id[i] for i in json.loads(cache.read_text())["ids"]]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise HlensInputError(
+                f"{cache} is damaged ({type(e).__name__}: {e}); delete it to select the known "
+                "questions again"
+            ) from e
         return ctx.memo["known"]
     fmt = ctx.qa_fmt or ctx.fmt
     cfg = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=32,
@@ -337,6 +344,7 @@ def known_triviaqa(ctx: SuiteContext) -> list[Example]:
                          stop_at_newline=bool(getattr(fmt, "cut_at_newline", False)))  # fmt: skip
     judge, prompt, known = RuleJudge(), _prompt(ctx, qa=True), []
     step = max(4 * n, 32)
+    pool = pool[: max(25 * n, 100)]  # a model that knows little: stop looking after a while
     for start in range(0, len(pool), step):
         chunk = pool[start : start + step]
         resp = sample_responses(ctx.model.hf_model, ctx.model.tokenizer,
@@ -348,15 +356,24 @@ def known_triviaqa(ctx: SuiteContext) -> list[Example]:
     known = known[:n]
     if not known:
         raise HlensInputError(
-            "--suites: the model answers none of the bundled TriviaQA questions right (greedy), "
-            "so the sycophancy and known-accuracy suites have no questions"
+            f"--suites: the model answers none of {len(pool)} bundled TriviaQA questions right "
+            "(greedy), so the sycophancy and known-accuracy suites have no questions; name suites "
+            "without them (e.g. --suites forbidden,fluency_ppl)"
         )
-    if cache is not None:
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ids": [str(ex.id) for ex in known]}) + "\n")
-        tmp.replace(cache)
     ctx.memo["known"] = known
     return known
+
+
+def save_known(ctx: SuiteContext) -> None:
+    """Cache the known TriviaQA questions of :func:`known_triviaqa` in ``ctx.cache_dir``
+    (atomically; a no-op if none were selected or the cache exists)."""
+    if ctx.cache_dir is None or "known" not in ctx.memo:
+        return
+    cache = ctx.cache_dir / "known_triviaqa.json"
+    if not cache.is_file():
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ids": [str(ex.id) for ex in ctx.memo["known"]]}) + "\n")
+        tmp.replace(cache)
 
 
 def _sycophancy(ctx: SuiteContext, spec: SuiteSpec) -> Any:

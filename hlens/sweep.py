@@ -296,7 +296,9 @@ def fluency_rows(
 
 
 def _f(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:+.{digits}f}"
+    if x is None:
+        return "n/a"
+    return f"{0.0 if abs(x) < 0.5 * 10**-digits else x:+.{digits}f}"  # no "-0.000"
 
 
 def verdicts(
@@ -475,6 +477,7 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
         get_spec,
         model_kind,
         resolve_files,
+        save_known,
         with_fluency,
     )
 
@@ -526,16 +529,17 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
         check_settings(cfg_path, settings, command="hlens steer")
     with validating("--out", "cells.jsonl written by hlens steer", value=str(cells_path)):
         cells = _read_cells(cells_path, dry=True)
+    ctx = SuiteContext(model, fmt=fmt, qa_fmt=qa_fmt, n=cfg.n, max_new_tokens=max_new,
+                       n_biographies=cfg.n_biographies, files=files, cache_dir=out,
+                       batch_size=cfg.batch_size)  # fmt: skip
+    with torch.no_grad():  # before any intervention (the known questions) and any write
+        suites = build_suites(ctx, names)
     lock = acquire(out)  # one writer per directory, until the sweep is written
     try:
         cfg_path.write_text(json.dumps(settings) + "\n")
         cfg.save(out / "config.json")
+        save_known(ctx)
         cells = _read_cells(cells_path)
-        ctx = SuiteContext(model, fmt=fmt, qa_fmt=qa_fmt, n=cfg.n, max_new_tokens=max_new,
-                           n_biographies=cfg.n_biographies, files=files, cache_dir=out,
-                           batch_size=cfg.batch_size)  # fmt: skip
-        with torch.no_grad():
-            suites = build_suites(ctx, names)  # before any intervention (known questions)
         cut = bool(getattr(fmt, "cut_at_newline", False))
         sampling = SamplingConfig(n_samples=1, temperature=0.0, batch_size=cfg.batch_size,
                                   stop_at_newline=cut)  # fmt: skip

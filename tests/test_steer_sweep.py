@@ -200,3 +200,16 @@ def test_cli_suite_errors(capsys, tmp_path, checkpoint_dir, llama):
     bad.write_text("a,b\n1,2\n")
     fails(["--suite-file", f"forbidden={bad}", "--suites", "forbidden"], "lacks columns")
     fails(["--random-seeds", "-1"], "--random-seeds")
+
+
+def test_no_known_questions_is_a_user_error(capsys, tmp_path, checkpoint_dir, llama):
+    h = hlens.NeuronSet.random(4, n_layers=llama.n_layers, d_mlp=llama.d_mlp, seed=1)
+    h.save(tmp_path / "h.json")
+    out = tmp_path / "out"
+    argv = ["steer", "--model", str(checkpoint_dir("llama")), "--neurons", str(tmp_path / "h.json"),
+            "--suites", "sycophancy", "--n", "1", "--device", "cpu", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2  # the tiny random model knows no TriviaQA answer
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and "answers none of 100 bundled TriviaQA questions" in err[0]
+    assert not out.exists()  # found before anything is written
