@@ -196,13 +196,14 @@ class _Prefix:
             return
         device = next(model.parameters()).device
         ids = torch.tensor([first[:n]], dtype=torch.long, device=device)
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(n, device=device)[None],
-            use_cache=True,
-            **fwd,
-        )
+        with torch.no_grad():  # a cache with autograd history could not be copied
+            out = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=torch.arange(n, device=device)[None],
+                use_cache=True,
+                **fwd,
+            )
         cache = _cache_of(out)
         if all(hasattr(cache, a) for a in ("batch_repeat_interleave", "batch_select_indices")):
             self.ids, self.cache = first[:n], cache
