@@ -24,6 +24,8 @@ __all__ = ["DEFAULT_ALPHAS", "add_arguments", "config_from_args", "run", "summar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hlens.suite_registry import suite_names
+
     parser.add_argument("--model", default="organism", help="bundled name or checkpoint folder")
     parser.add_argument("--neurons", required=True, help="NeuronSet JSON (e.g. h_neurons.json)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         help="suites, comma- or space-separated (default: the organism's own on the organism; "
-        "truthfulqa, forbidden, sycophancy on real models). Known: see hlens.suite_registry",
+        "truthfulqa, forbidden, sycophancy, triviaqa_known, fluency_ppl on real models); known: "
+        + ", ".join(suite_names()),
     )
     parser.add_argument(
         "--suite-file",

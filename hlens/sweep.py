@@ -522,7 +522,10 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     }
     if fmt is not None:  # real-model sweeps: the prompt and the data files matter too
         settings["prompt"] = fmt.to_dict()
-        settings["suite_files"] = {k: str(v) for k, v in sorted(files.items())}
+        settings["suite_files"] = {  # shipped copies by name: a reinstall still resumes
+            k: str(cfg.suite_files[k]) if k in cfg.suite_files else f"hlens:{v.name}"
+            for k, v in sorted(files.items())
+        }
     cfg_path = out / "settings.json"
     cells_path = out / "cells.jsonl"
     if cells_path.exists():  # resuming: the same sweep only (delete cells.jsonl to start over)
