@@ -324,6 +324,7 @@ def verdicts(
     flu, _ = excess(accuracy) if accuracy is not None else (None, [])
     out: dict[str, str] = {}
     passing: list[str] = []
+    compared: list[str] = []
     for suite in compliance:
         h = slopes[suite].get("h_neurons", {})
         d, rand = excess(suite)
@@ -336,6 +337,7 @@ def verdicts(
                 "sets to compare it with."
             )
             continue
+        compared.append(suite)
         los = [v["ci"][0] for v in rand if v["ci"][0] is not None]
         his = [v["ci"][1] for v in rand if v["ci"][1] is not None]
         lo, hi = (min(los), max(his)) if los and his else (None, None)
@@ -365,19 +367,20 @@ def verdicts(
         )
         if beats:
             passing.append(suite)
-    n = len(compliance)
-    if not n:
+    n = len(compared)
+    if not compliance:
         overall = "No compliance suite was run."
+    elif not compared:
+        overall = (
+            "No compliance suite has both an H-neuron slope and random-set slopes to compare it "
+            "with (run at least two alphas and one random seed)."
+        )
     elif passing:
+        rest = "in the others it does not." if len(passing) < n else "in every one compared."
         overall = (
             f"In {len(passing)} of {n} compliance suites ({', '.join(passing)}) the H-neuron "
             "compliance slope lies outside the random sets' intervals by more than the fluency "
-            "change; "
-            + (
-                "in the others it does not."
-                if len(passing) < n
-                else "scaling them moves compliance specifically."
-            )
+            f"change; {rest}"
         )
     else:
         overall = (

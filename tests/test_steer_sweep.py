@@ -105,8 +105,17 @@ def test_verdicts_either_way():
     s, a = _slopes(0.01, [0.0, 0.02])
     per, overall = verdicts({"slopes": {"c": s, "acc": a}}, ["c"], "acc")
     assert "within the random sets' interval" in per["c"] and overall.startswith("In none")
-    per, _ = verdicts({"slopes": {"c": {"h_neurons": {"slope": 0.1, "ci": [0, 0.2]}}}}, ["c"], None)
-    assert "no random sets" in per["c"]
+    per, overall = verdicts({"slopes": {"c": {"h_neurons": {"slope": 0.1, "ci": [0, 0.2]}}}},
+                            ["c"], None)  # fmt: skip
+    assert "no random sets" in per["c"] and overall.startswith("No compliance suite has")
+    s, a = _slopes(-0.3, [0.0])  # a slope below the controls counts too, whichever way it falls
+    per, overall = verdicts({"slopes": {"c": s, "d": _slopes(0.0, [0.0])[0], "acc": a}},
+                            ["c", "d"], "acc")  # fmt: skip
+    assert "below the random sets' interval" in per["c"]
+    assert overall == (
+        "In 1 of 2 compliance suites (c) the H-neuron compliance slope lies outside the random "
+        "sets' intervals by more than the fluency change; in the others it does not."
+    )
 
 
 # ----------------------------------------------------------------------------- end to end
