@@ -43,6 +43,7 @@ def test_alpha_one_is_identity_tiny(llama):
     _identity_check(llama, h, PROMPTS)
 
 
+@pytest.mark.slow
 def test_alpha_one_is_identity_smollm2():
     known = hlens.zoo.get_known("smollm2-135m-instruct")
     if not hlens.zoo.status(known).installed:
