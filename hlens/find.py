@@ -89,6 +89,10 @@ class FindConfig:
             ``"whole"`` (the whole response), ``"judge"`` (the judge's spans), or ``"alias"``
             (the gold alias in faithful responses, the response in hallucinated ones: this
             depends on the label and exists only to reproduce that artefact).
+        samples: responses sampled elsewhere (an official ``consistency_samples.jsonl``, e.g.
+            from the official scripts' vLLM sampling, or an hlens ``samples.jsonl``); sampling
+            is skipped and ``sampling.n_samples`` is the file's. Without ``dataset`` the
+            questions and gold answers come from the file (official layout only).
         degenerate_threshold: stop before the probe when more than this share of first
             responses is empty, or is one repeated string (a wrong prompt; see
             :func:`degenerate_outputs`); ``None`` turns the check off.
@@ -124,6 +128,7 @@ class FindConfig:
     judge: Literal["rule", "official"] = "rule"
     spans: Literal["auto", "rules", "whole", "judge", "alias"] = "auto"
     degenerate_threshold: float | None = 0.5
+    samples: str | None = None
     mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
     penalty: Literal["l1", "l2"] = "l1"
     solver: Literal["torch", "liblinear"] = "torch"
@@ -142,7 +147,7 @@ class FindConfig:
 
     def __post_init__(self) -> None:
         if self.dataset is None:
-            self.dataset = default_dataset(self.model)
+            self.dataset = "samples" if self.samples else default_dataset(self.model)
         if self.judge not in JUDGES:
             raise ValueError(
                 f"FindConfig.judge must be one of {sorted(JUDGES)}, got {self.judge!r}"
@@ -205,6 +210,31 @@ def _file_columns(cfg: FindConfig) -> dict[str, Any]:
             )
         return {}
     return cols
+
+
+def _imported(
+    path: str, questions: list[Example], out: Path, name: str
+) -> dict[str, dict[str, Any]]:
+    """Records of ``questions`` from a samples file, copied into the run's store ``name``."""
+    from hlens.sources import read_samples_file
+
+    records = read_samples_file(path)
+    missing = [q.id for q in questions if q.id not in records]
+    if missing:
+        raise HlensInputError(
+            f"--samples {path}: {len(missing)} of {len(questions)} questions have no responses "
+            f"there (e.g. id {missing[0]!r}); expected a file holding every question's id"
+        )
+    store = out / name
+    if not store.exists():
+        tmp = store.with_name(store.name + ".tmp")
+        with tmp.open("w") as f:
+            for q in questions:
+                r = records[q.id]
+                rec = {"id": q.id, "responses": r["responses"], "truncated": r["truncated"]}
+                f.write(json.dumps(rec) + "\n")
+        tmp.replace(store)
+    return {q.id: records[q.id] for q in questions}
 
 
 def _sample(
@@ -446,6 +476,13 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     if cfg.sampling is None:
         sampling = source_sampling(cfg.dataset, model=cfg.model)
         cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling.to_dict()})
+    if cfg.samples is not None:  # the file's responses decide how many samples there are
+        with validating("--samples", "an official consistency_samples.jsonl or an hlens store"):
+            from hlens.sources import read_samples_file
+
+            n_file = len(next(iter(read_samples_file(cfg.samples).values()))["responses"])
+        sampling = {**cfg.sampling.to_dict(), "n_samples": n_file}
+        cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling})
     out = Path(out_dir)
     # under torchrun: rank 0 samples; every rank extracts its share of feature shards
     rank, world, dist_device = init_distributed()
@@ -458,7 +495,12 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         check_settings(out / "config.json", cfg.to_dict(), command="hlens find", ignore=["device"])
     model = load_model(cfg.model, device=dist_device or cfg.device)
     source = load_source(
-        cfg.dataset, model_name=cfg.model, limit=cfg.limit, judge=JUDGES[cfg.judge], **columns
+        cfg.dataset,
+        model_name=cfg.model,
+        limit=cfg.limit,
+        judge=JUDGES[cfg.judge],
+        samples=cfg.samples,
+        **columns,
     )
     _lock = acquire(out) if main else None  # one writer, until find returns or the process exits
     if main:
@@ -466,11 +508,15 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     prompt_name = _prompt_name(cfg, model)
     fmt = prompt_format(prompt_name, model.tokenizer, cfg.instruction)
 
-    # 1. sample, 2. judge, 3. keep consistent questions
-    if main:
+    # 1. sample (or read responses sampled elsewhere), 2. judge, 3. keep consistent questions
+    if main and cfg.samples is not None:
+        records = _imported(cfg.samples, source.questions, out, "samples.jsonl")
+    elif main:
         records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", progress)
     _barrier(world)
-    if not main:  # the store is complete now: this reads it, generating nothing
+    if not main and cfg.samples is not None:
+        records = _imported(cfg.samples, source.questions, out, "samples.jsonl")
+    elif not main:  # the store is complete now: this reads it, generating nothing
         records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
     labels, spans = _judge_all(source.judge, source.questions, records)
     consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
@@ -827,6 +873,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "else triviaqa: the hub if reachable, else the 3,500 questions shipped with hlens)",
     )
     p.add_argument(
+        "--samples",
+        default=None,
+        help="responses sampled elsewhere (an official consistency_samples.jsonl, e.g. from "
+        "vLLM, or an hlens samples.jsonl): sampling is skipped; without --dataset the questions "
+        "come from the file",
+    )
+    p.add_argument(
         "--prompt",
         default=None,
         choices=sorted(PROMPT_FORMATS),
@@ -888,7 +941,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> FindConfig:
-    dataset = args.dataset if args.dataset is not None else default_dataset(args.model)
+    dataset = args.dataset
+    if dataset is None:
+        dataset = "samples" if args.samples else default_dataset(args.model)
     sampling = source_sampling(
         dataset,
         model=args.model,
@@ -908,6 +963,7 @@ def _config_from_args(args: argparse.Namespace) -> FindConfig:
     cfg = FindConfig(
         model=args.model,
         dataset=dataset,
+        samples=args.samples,
         prompt=args.prompt,
         judge=args.judge,
         spans=args.spans,

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "default_dataset",
     "get_source",
     "organism_judge",
+    "read_samples_file",
     "register_source",
     "source_sampling",
 ]
@@ -239,10 +241,90 @@ def _file_source(
     return QuestionSource(Path(path).name, questions, judge, strata=strata)
 
 
+def read_samples_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Responses sampled elsewhere, as hlens sample-store records by question id.
+
+    Reads an official ``consistency_samples.jsonl`` (``{qid: {"question", "responses",
+    "judges", "ground_truth"}}`` per line, as the official scripts write it after sampling with
+    vLLM) or an hlens ``samples.jsonl`` store (``{"id", "responses", "truncated"}``). Official
+    files do not record truncation; their responses count as not truncated. Records also keep
+    ``question`` and ``answers`` when the file has them.
+
+    Raises:
+        ValueError: naming the file and line of a record in neither layout, or records with
+            different numbers of responses.
+    """
+    from hlens.formats import ConsistencyRecord
+
+    path = Path(path)
+    out: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not valid JSON: {e}") from e
+            if isinstance(obj, dict) and "id" in obj and "responses" in obj:
+                rs = [str(r) for r in obj["responses"]]
+                trunc = [bool(t) for t in obj.get("truncated", [False] * len(rs))]
+                out[str(obj["id"])] = {"id": str(obj["id"]), "responses": rs, "truncated": trunc}
+                continue
+            try:
+                rec = ConsistencyRecord.from_official(obj)
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{path}:{n}: expected an official consistency_samples record "
+                    f"({{qid: {{question, responses, judges, ground_truth}}}}) or an hlens "
+                    f"sample record ({{id, responses, truncated}}): {e}"
+                ) from e
+            out[rec.qid] = {
+                "id": rec.qid,
+                "responses": list(rec.responses),
+                "truncated": [False] * len(rec.responses),
+                "question": rec.question,
+                "answers": list(rec.ground_truth),
+            }
+    counts = {len(r["responses"]) for r in out.values()}
+    if len(counts) > 1:
+        raise ValueError(
+            f"{path}: records have different numbers of responses ({sorted(counts)}); the "
+            "consistency filter needs the same number for every question"
+        )
+    return out
+
+
+def _samples_source(
+    samples: str | None = None, limit: int | None = None, judge: Judge | None = None, **_: Any
+) -> QuestionSource:
+    """The questions of a samples file (``hlens find --samples FILE`` without ``--dataset``)."""
+    from hlens.prompts import PAPER_INSTRUCTION
+
+    if samples is None:
+        raise ValueError("dataset 'samples' needs a samples file (--samples FILE)")
+    records = read_samples_file(samples)
+    questions = []
+    for qid, rec in records.items():
+        if "question" not in rec:
+            raise ValueError(
+                f"{samples}: record {qid!r} has no question (an hlens store); give the questions "
+                "with --dataset"
+            )
+        q = rec["question"]
+        q = q[: -len(PAPER_INSTRUCTION)] if q.endswith(PAPER_INSTRUCTION) else q
+        questions.append(Example(q.strip(), id=qid, answers=tuple(rec["answers"])))
+    if limit is not None:
+        questions = questions[:limit]
+    judge = judge if judge is not None else RuleJudge()
+    return QuestionSource(Path(samples).name, questions, judge, info={"origin": str(samples)})
+
+
 #: name -> factory(**kwargs) -> QuestionSource
 SOURCES: dict[str, Callable[..., QuestionSource]] = {
     "organism": _organism_source,
     "triviaqa": _triviaqa_source,
+    "samples": _samples_source,
 }
 
 #: name -> sampling settings that differ from the paper's defaults for that source. The organism's

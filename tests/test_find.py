@@ -374,3 +374,51 @@ def test_degenerate_outputs_stop_the_run_before_the_probe(checkpoint_dir, fake_s
     judged = json.loads((tmp_path / "judgements.json").read_text())
     assert judged["degenerate"]["degenerate"] is True
     assert not (tmp_path / "probe").exists() and not (tmp_path / "summary.json").exists()
+
+
+def test_find_starts_from_responses_sampled_elsewhere(checkpoint_dir, tmp_path, monkeypatch):
+    """--samples: an official consistency_samples.jsonl (here a slice of a Gemma-3-4B
+    reproduction's, sampled with vLLM) replaces sampling; questions and gold answers come from
+    the file, hlens judges the responses and scores neurons on the given model."""
+    import importlib
+    from pathlib import Path
+
+    S = importlib.import_module("hlens.sampling")
+
+    def boom(*a, **k):
+        raise AssertionError("sampling ran although --samples was given")
+
+    monkeypatch.setattr(S, "_generate", boom)
+    rows = (Path(__file__).parent / "fixtures" / "gemma3_consistency_slice.jsonl").read_text()
+    short = [  # the tiny model's context is 64 tokens
+        line
+        for line in rows.splitlines()
+        if all(
+            len(v["question"]) < 96 and max(map(len, v["responses"])) < 20
+            for v in json.loads(line).values()
+        )
+    ]
+    path = tmp_path / "consistency_samples_in.jsonl"
+    path.write_text("\n".join(short) + "\n")
+    tmp_path = tmp_path / "run"
+    cfg = FindConfig.from_dict(
+        {
+            **_config(checkpoint_dir).to_dict(),
+            "dataset": None,
+            "samples": str(path),
+            "instruction": "",
+        }
+    )
+    assert cfg.dataset == "samples"
+    s = find(cfg, tmp_path, progress=False)
+    f = s["funnel"]
+    assert f["n_questions"] == len(short) == 24
+    assert f["n_samples_total"] == 240  # 10 responses each
+    assert min(f["n_consistent_faithful"], f["n_consistent_hallucinated"]) >= 4
+    first = json.loads(path.read_text().splitlines()[0])
+    ((qid, rec),) = first.items()
+    store = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "samples.jsonl").open()}
+    assert store[qid]["responses"] == rec["responses"]
+    # the paper's instruction is not part of the question hlens renders
+    ex = next(json.loads(x) for x in (tmp_path / "examples.jsonl").open())
+    assert not ex["question"].endswith("without any explanation.")
