@@ -308,6 +308,13 @@ def _file_suite(ctx: SuiteContext, spec: SuiteSpec) -> Any:
     if spec.keep is not None:
         rows = [ex for ex in rows if spec.keep(ex)]
     rows = rows[: ctx.n] if ctx.n else rows
+    if not rows:
+        raise HlensInputError(
+            f"--suite-file {spec.name}={ctx.files[spec.name]}: no usable rows (FalseQA keeps the "
+            "rows labelled 1, false premise)"
+            if spec.keep is not None
+            else f"--suite-file {spec.name}={ctx.files[spec.name]}: the file holds no rows"
+        )
     return Suite(spec.name, rows, _prompt(ctx), _single(spec.labeller, None), (spec.positive,),
                  spec.description, max_new_tokens=ctx.tokens(spec))  # fmt: skip
 

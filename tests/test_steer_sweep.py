@@ -209,6 +209,9 @@ def test_cli_suite_errors(capsys, tmp_path, checkpoint_dir, llama):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
     fails(["--suite-file", f"forbidden={bad}", "--suites", "forbidden"], "lacks columns")
+    true_only = tmp_path / "true_premises.csv"
+    true_only.write_text("question,answer,label\nWhy is the sky blue?,\"['Scattering.']\",0\n")
+    fails(["--suite-file", f"falseqa={true_only}", "--suites", "falseqa"], "no usable rows")
     fails(["--random-seeds", "-1"], "--random-seeds")
 
 
