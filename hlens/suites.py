@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -236,6 +237,9 @@ class Suite:
             ``None`` when the sample does not go on (it is then labelled by ``label`` with one
             turn). ``None`` for single-turn suites.
         max_new_tokens: response length limit (overrides the sampling config's).
+        first_turn_cache: a dict shared by suites that ask the same first-turn questions under
+            the same intervention (a steering sweep clears it whenever the intervention changes):
+            identical first-turn generations (same prompts, ids and config) run once.
     """
 
     name: str
@@ -246,6 +250,7 @@ class Suite:
     description: str = ""
     followup: Callable[[Example, str], str | None] | None = None
     max_new_tokens: int = 16
+    first_turn_cache: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.examples:
@@ -271,15 +276,19 @@ class Suite:
         examples = self.examples[:n] if n else self.examples
         ids = [str(ex.id) for ex in examples]
         hf, tok = model.hf_model, model.tokenizer
-        first, trunc = sample_responses(
-            hf,
-            tok,
-            [self.prompt(ex) for ex in examples],
-            ids,
-            config,
-            progress=progress,
-            return_truncated=True,
-        )
+        prompts = [self.prompt(ex) for ex in examples]
+        key = None
+        if self.first_turn_cache is not None:
+            as_json = [p if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+            key = json.dumps([as_json, ids, config.to_dict()])
+        if key is not None and key in self.first_turn_cache:
+            first, trunc = self.first_turn_cache[key]
+        else:
+            first, trunc = sample_responses(
+                hf, tok, prompts, ids, config, progress=progress, return_truncated=True
+            )
+            if key is not None:
+                self.first_turn_cache[key] = (first, trunc)
         k_samples = len(first[0])
         transcripts = [[[r] for r in rs] for rs in first]  # [question][sample][turn]
         truncated = [list(ts) for ts in trunc]

@@ -605,6 +605,10 @@ def _sweep_cells(
         if _key(s, set_name, a) not in cells
     ]
     bar = tqdm(total=len(todo), desc="steer", unit="cell", disable=quiet)
+    shared: dict[str, Any] = {}  # sycophancy and triviaqa_known ask the same first questions
+    for suite in suites.values():
+        if hasattr(suite, "first_turn_cache"):
+            suite.first_turn_cache = shared
     with cells_path.open("a") as f, torch.no_grad():
 
         def store(suite: str, set_name: str, alpha: float, result: Any) -> None:
@@ -619,6 +623,7 @@ def _sweep_cells(
                 pending = [s for s in suites if _key(s, set_name, a) not in cells]
                 if not pending:
                     continue
+                shared.clear()  # first turns are shared within one intervention only
                 with scale_neurons(model, neurons, a):
                     for s in pending:
                         bar.set_postfix_str(f"{set_name} a={a:g} {s}")

@@ -255,3 +255,34 @@ def test_sycophancy_and_known_labels(llama, fmt_name):
     r = known.run(llama)
     assert r.ids == ["f", "h"]
     assert len(suites["fluency_ppl"].examples) == 40
+
+
+def test_first_turn_cache_shares_identical_generations(llama, monkeypatch):
+    import hlens.suites as suites_mod
+
+    calls = []
+    original = suites_mod.sample_responses
+
+    def counting(*a, **k):
+        calls.append(len(a[2]))
+        return original(*a, **k)
+
+    monkeypatch.setattr(suites_mod, "sample_responses", counting)
+
+    def label(exs, ts):
+        return ["x" for _ in ts]
+
+    plain = Suite("a", QUESTIONS, _prompt(llama), label, ("x",), max_new_tokens=3).run(llama)
+    shared: dict = {}
+    one = Suite("a", QUESTIONS, _prompt(llama), label, ("x",), max_new_tokens=3,
+                first_turn_cache=shared)  # fmt: skip
+    two = Suite("b", QUESTIONS, _prompt(llama), label, ("x",), max_new_tokens=3,
+                first_turn_cache=shared)  # fmt: skip
+    calls.clear()
+    r1, r2 = one.run(llama), two.run(llama)
+    assert calls == [len(QUESTIONS)]  # the second suite reused the first one's generations
+    assert r1.responses == r2.responses == plain.responses
+    assert r1.truncated == plain.truncated
+    Suite("c", QUESTIONS, _prompt(llama), label, ("x",), max_new_tokens=4,
+          first_turn_cache=shared).run(llama)  # fmt: skip
+    assert len(calls) == 2  # another config generates again
