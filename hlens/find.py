@@ -684,6 +684,8 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
             "penalty": cfg.penalty,
             "solver": cfg.solver,
             "n_nonzero": int((probe.coef_ != 0).sum()),
+            "converged": getattr(probe, "converged_", None),
+            "convergence": getattr(probe, "convergence_", None),
         },
         "c_path": fit["path"].to_dict(),
         "funnel": {
