@@ -294,6 +294,11 @@ class Judge(Protocol):
     def __call__(self, example: Example, response: str) -> Judgement: ...
 
 
+def _plural_stems(text: str) -> str:
+    """Words without a plural ``s``, so that "abdominal thrust" echoes "abdominal thrusts"."""
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") else w for w in text.split())
+
+
 def _word_find(haystack: str, needle: str) -> int:
     m = re.search(rf"(?<!\S){re.escape(needle)}(?!\S)", haystack)
     return m.start() if m else -1
@@ -318,8 +323,8 @@ class RuleJudge:
         ('hallucinated', 'faithful')
         >>> ex = Example("What is the capital city of Canada?",
         ...              answers=("Ottawa", "capital city of Canada"))
-        >>> RuleJudge()(ex, "The capital city of Canada is Toronto.").label
-        'hallucinated'
+        >>> RuleJudge()(ex, "The capital city of Canada is Toronto.").label  # only the echo
+        'uncertain'
         >>> RuleJudge.official()(ex, "The capital city of Canada is Toronto.").label
         'faithful'
         >>> ex = Example("Who was born first, Susan Sarandon or Glenn Close?",
@@ -362,11 +367,11 @@ class RuleJudge:
         """
         if not self.echo_aware:
             return ()
-        question = normalize_answer(example.question)
+        question = _plural_stems(normalize_answer(example.question))
         return tuple(
             a
             for a in example.answers
-            if normalize_answer(a) and _word_find(question, normalize_answer(a)) >= 0
+            if normalize_answer(a) and _word_find(question, _plural_stems(normalize_answer(a))) >= 0
         )
 
     def __call__(self, example: Example, response: str) -> Judgement:

@@ -367,7 +367,9 @@ def test_echo_aware_judge_does_not_credit_aliases_copied_from_the_question() -> 
     )
     j = RuleJudge()(ex, "The capital city of Canada is Ottawa.")
     assert (j.label, j.alias) == ("faithful", "Ottawa")  # credited for Ottawa, not the echo
-    assert RuleJudge()(ex, "The capital city of Canada is Toronto.").label == "hallucinated"
+    # wrong, but what it matched is the echo: never faithful, dropped by the consistency filter
+    assert RuleJudge()(ex, "The capital city of Canada is Toronto.").label == "uncertain"
+    assert RuleJudge()(ex, "Toronto.").label == "hallucinated"
 
 
 def test_echo_aware_judge_keeps_choices_between_named_options() -> None:
@@ -380,3 +382,10 @@ def test_echo_aware_judge_keeps_choices_between_named_options() -> None:
     assert RuleJudge.official()(ex, "Susan Sarandon was born before Glenn Close.").label == (
         "faithful"
     )
+
+
+def test_echo_check_sees_plurals() -> None:
+    ex = Example("What is the common name for abdominal thrusts?",
+                 answers=("Heimlich manoeuvre", "abdominal thrust"))  # fmt: skip
+    assert RuleJudge()(ex, "It is the abdominal thrust.").label == "uncertain"
+    assert RuleJudge()(ex, "The Heimlich manoeuvre.").label == "faithful"
