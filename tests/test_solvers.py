@@ -158,15 +158,10 @@ def test_invalid_C_raises():
 
 def real_shaped(n=300, p=20_000, k=8, seed=0):
     """Like CETT features: non-negative, strongly correlated (30 factors), scales spread over
-    ~2 orders of magnitude; labels from ``k`` columns, 40% positive."""
-    rng = np.random.default_rng(seed)
-    F = rng.standard_normal((n, 30))
-    X = np.abs(F @ (0.7 * rng.standard_normal((30, p))) + rng.standard_normal((n, p)))
-    X = (X * np.exp(rng.normal(-3.0, 1.0, p))).astype(np.float32)
-    cols = rng.choice(p, k, replace=False)
-    Z = (X[:, cols] - X[:, cols].mean(0)) / X[:, cols].std(0)
-    y = (Z @ rng.choice([-1.0, 1.0], k) + rng.standard_normal(n) > 0.8).astype(np.int64)
-    return X, y
+    ~2 orders of magnitude; labels from ``k`` columns (the probe benchmark's problem)."""
+    from benchmarks.bench_probe import correlated
+
+    return correlated(n, p, k, seed)
 
 
 @pytest.mark.slow
