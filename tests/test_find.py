@@ -132,7 +132,7 @@ def test_find_config_validation_and_round_trip():
 def test_unknown_dataset_lists_sources():
     from hlens.sources import get_source
 
-    with pytest.raises(ValueError, match="organism, triviaqa"):
+    with pytest.raises(ValueError, match="organism, samples, triviaqa"):
         get_source("nope")
 
 
