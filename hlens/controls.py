@@ -139,8 +139,9 @@ class ConfoundReport:
         strong = [c for c in self.controls if c.auroc >= MIN_SIGNAL]
         if not self.probe_auroc >= MIN_SIGNAL:
             text = (
-                f"no finding: the probe is near chance (AUROC {self.probe_auroc:.3f}), so there is "
-                "no signal for a control to explain"
+                f"no finding: the probe does not separate the test set (AUROC "
+                f"{self.probe_auroc:.3f}, below {MIN_SIGNAL}), so there is no signal for a control "
+                "to explain"
             )
             if strong:
                 best = max(strong, key=lambda c: c.auroc)

@@ -133,5 +133,5 @@ def test_a_probe_at_chance_has_nothing_to_explain() -> None:
     )
     assert rep.flagged == []  # a control at chance explains nothing, a probe at chance neither
     v = rep.verdict()
-    assert v.startswith("no finding: the probe is near chance")
+    assert v.startswith("no finding: the probe does not separate the test set")
     assert "mean log-probability" in v and "does not read" in v
