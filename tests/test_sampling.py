@@ -19,9 +19,7 @@ def tok():
     return build_tokenizer(World(WorldConfig(people_per_level=4, n_idk=2, n_nonexist=2)))
 
 
-@pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
+def _tiny_llama(tok):
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
@@ -34,7 +32,13 @@ def model(tok):
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
     )
-    m = LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    m = _tiny_llama(tok)
     with torch.no_grad():  # sharpen the distribution; no special tokens but a rare EOS
         m.lm_head.weight.mul_(8)
         for t in range(len(tok.all_special_ids) + 1):
@@ -312,19 +316,7 @@ CHAT_IDS = [f"c{i}" for i in range(len(CHAT))]
 def eos_model(tok):
     """The fixture model with a likelier EOS, so that rows finish at different steps."""
     torch.manual_seed(1)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    m = LlamaForCausalLM(cfg).eval()
+    m = _tiny_llama(tok)
     with torch.no_grad():
         m.lm_head.weight.mul_(4)
         for t in range(len(tok.all_special_ids) + 1):

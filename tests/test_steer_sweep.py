@@ -13,8 +13,8 @@ from hlens.examples import Example
 from hlens.interventions import scale_neurons
 from hlens.sampling import SamplingConfig, sample_responses
 from hlens.sources import bundled_triviaqa
-from hlens.suites import PerplexitySuite, Suite
 from hlens.sweep import SteerConfig, SteerResult, verdicts
+from tests.test_steer_cli import _count_runs
 
 PROMPTS = ["Where was Ada Vell born?", "What is the capital of France?", "Who wrote Hamlet?"]
 
@@ -120,19 +120,6 @@ def test_verdicts_either_way():
 
 
 # ----------------------------------------------------------------------------- end to end
-
-
-def _count_runs(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    for cls in (Suite, PerplexitySuite):
-        original = cls.run
-
-        def run(self, *a, _original=original, **k):
-            calls.append(self.name)
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(cls, "run", run)
-    return calls
 
 
 @pytest.fixture
