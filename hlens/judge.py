@@ -60,6 +60,7 @@ __all__ = [
     "locate_answer",
     "normalize_answer",
     "strip_end_tokens",
+    "trim_span",
 ]
 
 MatchMode = Literal["word", "substring", "exact"]
@@ -601,9 +602,13 @@ def strip_end_tokens(response: str, end_tokens: Sequence[str] = END_TOKENS) -> s
     return text
 
 
-def _answer_only_span(response: str, max_words: int | None) -> tuple[int, int] | None:
-    text = strip_end_tokens(response)
-    start, end = 0, len(text)
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` narrowed past surrounding whitespace, quotes and trailing punctuation.
+
+    Example:
+        >>> trim_span(' "Paris." ', 0, 10)
+        (2, 7)
+    """
     while True:
         before = (start, end)
         while start < end and text[start].isspace():
@@ -613,7 +618,12 @@ def _answer_only_span(response: str, max_words: int | None) -> tuple[int, int] |
         if end - start >= 2 and text[start] in _QUOTES and text[end - 1] in _QUOTES:
             start, end = start + 1, end - 1
         if (start, end) == before:
-            break
+            return start, end
+
+
+def _answer_only_span(response: str, max_words: int | None) -> tuple[int, int] | None:
+    text = strip_end_tokens(response)
+    start, end = trim_span(text, 0, len(text))
     if start >= end:
         return None
     if max_words is not None and len(text[start:end].split()) > max_words:

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from hlens.judge import normalize_answer, strip_end_tokens
+from hlens.judge import _QUOTES, locate_answer, normalize_answer, strip_end_tokens, trim_span
 
 __all__ = [
     "LEAD_INS",
@@ -121,8 +121,6 @@ _CONNECTORS = _wordset("of the de la le du da di van von der den del y and & st"
 _ABBREVIATIONS = _wordset("st mr mrs ms dr mt jr sr vs no co inc ltd gen col lt sgt rev")
 _WORD = re.compile(r"\S+")
 _EDGE = "\"'“”‘’«»`()[]{}.,;:!?*"
-_TRAILING = ".,;:!?"
-_QUOTES = "\"'“”‘’«»`"
 
 
 @dataclass(frozen=True)
@@ -164,19 +162,6 @@ def _first_sentence_end(text: str, start: int, end: int) -> int:
                 continue
         return start + m.end()
     return end
-
-
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while True:
-        before = (start, end)
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and (text[end - 1].isspace() or text[end - 1] in _TRAILING):
-            end -= 1
-        if end - start >= 2 and text[start] in _QUOTES and text[end - 1] in _QUOTES:
-            start, end = start + 1, end - 1
-        if (start, end) == before:
-            return start, end
 
 
 @dataclass(frozen=True)
@@ -253,15 +238,15 @@ class RuleSpanExtractor:
         lead = text[:newline] if newline >= 0 else text
         if newline >= 0 and lead.strip():
             end = newline
-        start, end = _trim(text, start, end)
+        start, end = trim_span(text, start, end)
         if self.first_sentence and start < end:
-            start, end = _trim(text, start, _first_sentence_end(text, start, end))
+            start, end = trim_span(text, start, _first_sentence_end(text, start, end))
         if start >= end:
             return SpanResult(None, "none")
         step: SpanStep = "answer_only"
         m = self._lead_re.match(text[start:end])
         if m and m.end() < end - start:
-            start, end = _trim(text, start + m.end(), end)
+            start, end = trim_span(text, start + m.end(), end)
             step = "lead_in"
         if start >= end:
             return SpanResult(None, "none")
@@ -312,12 +297,14 @@ class WholeResponseExtractor:
     """The whole trimmed response is the answer (for answer-only formats); label-blind too."""
 
     def __call__(self, question: str, response: str) -> SpanResult:
-        text = strip_end_tokens(response)
-        start, end = _trim(text, 0, len(text))
-        return SpanResult((start, end), "whole") if start < end else SpanResult(None, "none")
+        span = locate_answer(response, None, max_words=None)  # the answer-only rule
+        return SpanResult(span, "whole") if span is not None else SpanResult(None, "none")
 
 
 def span_step_counts(steps: Iterable[str]) -> dict[str, int]:
-    """How many examples each step handled, in :data:`SPAN_STEPS` order."""
+    """How many examples each step handled: :data:`SPAN_STEPS` in order (zeros included), then
+    any other step name (``"judge"``, ``"alias"``) that occurs."""
     c = Counter(steps)
-    return {s: int(c.get(s, 0)) for s in SPAN_STEPS}
+    return {s: int(c.get(s, 0)) for s in SPAN_STEPS} | {
+        s: int(n) for s, n in c.items() if s not in SPAN_STEPS
+    }
