@@ -229,6 +229,7 @@ def confound_controls(
     probe_scores: Shaped[np.ndarray, " test"],
     *,
     span_tokens: Shaped[np.ndarray, " sample"] | None = None,
+    extra: Sequence[ControlScore] = (),
     margin: float = MARGIN,
 ) -> ConfoundReport:
     """Each control's AUROC on the test split beside the probe's, and which come within ``margin``.
@@ -241,6 +242,8 @@ def confound_controls(
         probe_scores: the probe's test scores (higher = hallucinated).
         span_tokens: answer-span lengths, for the within-length-bin AUROC (default:
             ``values["span_tokens"]`` when present).
+        extra: controls scored elsewhere on the same test split (the question type, from
+            :func:`hlens.metrics.strata_control`), judged by the same rule.
         margin: see :data:`MARGIN`.
 
     Raises:
@@ -260,6 +263,7 @@ def confound_controls(
         if v.shape != y.shape:
             raise ValueError(f"control {name!r} has {v.shape[0]} values for {y.shape[0]} examples")
         out.append(_oriented(name, v, y, train, test))
+    out.extend(extra)
     lengths = span_tokens if span_tokens is not None else values.get("span_tokens")
     bins = None
     if lengths is not None:

@@ -212,29 +212,30 @@ def _file_columns(cfg: FindConfig) -> dict[str, Any]:
     return cols
 
 
-def _imported(
-    path: str, questions: list[Example], out: Path, name: str
+def _check_imported(
+    path: str, records: dict[str, dict[str, Any]], questions: list[Example]
 ) -> dict[str, dict[str, Any]]:
-    """Records of ``questions`` from a samples file, copied into the run's store ``name``."""
-    from hlens.sources import read_samples_file
-
-    records = read_samples_file(path)
+    """The records of ``questions`` from a samples file, or an error naming a missing id."""
     missing = [q.id for q in questions if q.id not in records]
     if missing:
         raise HlensInputError(
             f"--samples {path}: {len(missing)} of {len(questions)} questions have no responses "
             f"there (e.g. id {missing[0]!r}); expected a file holding every question's id"
         )
-    store = out / name
-    if not store.exists():
-        tmp = store.with_name(store.name + ".tmp")
-        with tmp.open("w") as f:
-            for q in questions:
-                r = records[q.id]
-                rec = {"id": q.id, "responses": r["responses"], "truncated": r["truncated"]}
-                f.write(json.dumps(rec) + "\n")
-        tmp.replace(store)
     return {q.id: records[q.id] for q in questions}
+
+
+def _store_imported(records: dict[str, dict[str, Any]], out: Path, name: str) -> None:
+    """Copy imported records into the run's sample store ``name`` (once, atomically)."""
+    store = out / name
+    if store.exists():
+        return
+    tmp = store.with_name(store.name + ".tmp")
+    with tmp.open("w") as f:
+        for qid, r in records.items():
+            rec = {"id": qid, "responses": r["responses"], "truncated": r["truncated"]}
+            f.write(json.dumps(rec) + "\n")
+    tmp.replace(store)
 
 
 def _sample(
@@ -476,11 +477,15 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     if cfg.sampling is None:
         sampling = source_sampling(cfg.dataset, model=cfg.model)
         cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling.to_dict()})
+    imported: dict[str, dict[str, Any]] | None = None  # responses sampled elsewhere
     if cfg.samples is not None:  # the file's responses decide how many samples there are
         with validating("--samples", "an official consistency_samples.jsonl or an hlens store"):
             from hlens.sources import read_samples_file
 
-            n_file = len(next(iter(read_samples_file(cfg.samples).values()))["responses"])
+            imported = read_samples_file(cfg.samples)
+        if not imported:
+            raise HlensInputError(f"--samples {cfg.samples}: the file holds no records")
+        n_file = len(next(iter(imported.values()))["responses"])
         sampling = {**cfg.sampling.to_dict(), "n_samples": n_file}
         cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling})
     out = Path(out_dir)
@@ -502,6 +507,8 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         samples=cfg.samples,
         **columns,
     )
+    if imported is not None:
+        imported = _check_imported(cfg.samples, imported, source.questions)
     _lock = acquire(out) if main else None  # one writer, until find returns or the process exits
     if main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -509,14 +516,14 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
     fmt = prompt_format(prompt_name, model.tokenizer, cfg.instruction)
 
     # 1. sample (or read responses sampled elsewhere), 2. judge, 3. keep consistent questions
-    if main and cfg.samples is not None:
-        records = _imported(cfg.samples, source.questions, out, "samples.jsonl")
+    if imported is not None:
+        records = imported
+        if main:
+            _store_imported(records, out, "samples.jsonl")
     elif main:
         records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", progress)
     _barrier(world)
-    if not main and cfg.samples is not None:
-        records = _imported(cfg.samples, source.questions, out, "samples.jsonl")
-    elif not main:  # the store is complete now: this reads it, generating nothing
+    if imported is None and not main:  # the store is complete: this reads it, generating nothing
         records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
     labels, spans = _judge_all(source.judge, source.questions, records)
     consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
@@ -737,7 +744,7 @@ def _span_summary(
         whole = [span_is_whole(e) for e in exs]
         lengths = [e.answer_span[1] - e.answer_span[0] for e in exs]
         by_class[label] = {
-            "steps": _step_counts(steps[q] for q in ids if q in steps),
+            "steps": span_step_counts(steps[q] for q in ids if q in steps),
             "n_kept": len(exs),
             "share_whole_response": float(np.mean(whole)) if whole else float("nan"),
             "mean_span_chars": float(np.mean(lengths)) if lengths else float("nan"),
@@ -752,13 +759,6 @@ def _span_summary(
     }
 
 
-def _step_counts(steps: Any) -> dict[str, int]:
-    counts = span_step_counts([])
-    for step in steps:
-        counts[step] = counts.get(step, 0) + 1
-    return counts
-
-
 def _confounds(
     model: Any,
     fmt: PromptFormat,
@@ -771,7 +771,7 @@ def _confounds(
     cfg: FindConfig,
 ) -> dict[str, Any]:
     """Confound controls on the probe's test split (values cached in ``control_values.json``)."""
-    from hlens.controls import MIN_SIGNAL, confound_controls, control_values
+    from hlens.controls import ControlScore, confound_controls, control_values
 
     train_ids = [*splits.train_faithful, *splits.train_hallucinated]
     test_ids = [*splits.test_faithful, *splits.test_hallucinated]
@@ -803,28 +803,17 @@ def _confounds(
         tmp = cache.with_name(cache.name + ".tmp")
         tmp.write_text(json.dumps(payload))
         tmp.replace(cache)
-    n_train = len(train_ids)
-    report = confound_controls(
-        values, y, slice(0, n_train), slice(n_train, len(ids)), test_scores
-    ).to_dict()
+    extra = []
     strata = controls.get("strata")
     if strata:  # the question type is a one-number control too
-        a = float(strata["strata_only_auroc"])
-        report["controls"]["question_type"] = {
-            "name": "question_type",
-            "auroc": a,
-            "train_auroc": float("nan"),
-            "flipped": False,
-            "mean_faithful": float("nan"),
-            "mean_hallucinated": float("nan"),
-        }
-        probe = report["probe_auroc"]
-        if probe >= MIN_SIGNAL and a >= max(probe - report["margin"], MIN_SIGNAL):
-            report["flagged"].append("question_type")
-            from hlens.controls import ConfoundReport
-
-            report["verdict"] = ConfoundReport.from_dict(report).verdict()
-    return report
+        nan = float("nan")
+        extra.append(
+            ControlScore("question_type", float(strata["strata_only_auroc"]), nan, False, nan, nan)
+        )
+    n_train = len(train_ids)
+    return confound_controls(
+        values, y, slice(0, n_train), slice(n_train, len(ids)), test_scores, extra=extra
+    ).to_dict()
 
 
 def _barrier(world: int) -> None:
