@@ -33,6 +33,7 @@ import inspect
 import json
 import os
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = [
     "Prompt",
@@ -172,6 +174,256 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
+def _inert(hook) -> bool:
+    """Whether ``hook`` is one that the libraries install themselves and that changes nothing
+    while no hook point has hooks: transformers' output-capturing hooks (active only when hidden
+    states or attentions are requested) and the capture hooks a TransformerLens block wires on
+    first use (they keep the residual for split-QKV hooks and route the MLP input through
+    ``hook_mlp_in``, a hook point whose own hooks :func:`_hooked` sees)."""
+    module = getattr(hook, "__module__", "") or ""
+    name = getattr(hook, "__qualname__", "") or ""
+    return module == "transformers.utils.output_capturing" or (
+        module.startswith("transformer_lens.model_bridge.")
+        and name.startswith("BlockBridge._maybe_wire_capture_hooks.<locals>._capture_")
+    )
+
+
+def _hooked(model: torch.nn.Module) -> bool:
+    """Whether a forward hook is registered on ``model``, any of its modules, or globally (a
+    TransformerLens ``HookPoint`` holds its hooks as forward hooks), other than
+    transformers' inert output-capturing hooks."""
+    from torch.nn.modules import module as tmod
+
+    if tmod._global_forward_hooks or tmod._global_forward_pre_hooks:
+        return True
+    return any(
+        not _inert(h)
+        for m in model.modules()
+        for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+    )
+
+
+def _plain_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy of a module tree with TransformerLens bridge wrappers replaced by the
+    modules they wrap; parameters and buffers are the same tensors (never copied), hooks are not
+    carried over, and the original tree is not changed."""
+    inner = module.__dict__.get("_modules", {}).get("_original_component")
+    while inner is not None and type(module).__module__.startswith("transformer_lens."):
+        module = inner
+        inner = module.__dict__.get("_modules", {}).get("_original_component")
+    new = copy.copy(module)
+    new.__dict__ = dict(module.__dict__)
+    new._modules = OrderedDict(
+        (k, None if v is None else _plain_copy(v)) for k, v in module._modules.items()
+    )
+    new._parameters = OrderedDict(module._parameters)
+    new._buffers = OrderedDict(module._buffers)
+    for name in (
+        "_forward_hooks",
+        "_forward_hooks_with_kwargs",
+        "_forward_hooks_always_called",
+        "_forward_pre_hooks",
+        "_forward_pre_hooks_with_kwargs",
+    ):
+        if name in new.__dict__:
+            new.__dict__[name] = OrderedDict()
+    return new
+
+
+#: The attention implementation of :func:`_fast_model`'s copies (registered on first use).
+_GQA_IMPL = "hlens_eager_gqa"
+
+
+def _eager_gqa(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Llama's ``eager_attention_forward`` without ``repeat_kv``'s copy of the cache at decoding
+    steps: one query position attends with each of the ``num_key_value_groups`` query heads of
+    a key/value head in turn, as ``[batch, kv_heads]`` matrix-vector products on the cache as it
+    is. Each product is the one that eager attention computes on the repeated cache, so the
+    result is the same to the bit; prompts (several positions) go through eager attention."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    rep = int(module.num_key_value_groups)
+    b, h, q_len, d = query.shape
+    if rep == 1 or q_len != 1:
+        return eager_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    kvh = key.shape[1]
+    qg = query.view(b, kvh, rep, q_len, d)
+    kt = key.transpose(2, 3)
+    w = torch.stack([torch.matmul(qg[:, :, r], kt) for r in range(rep)], 2)
+    w = w.view(b, h, q_len, -1) * scaling
+    if attention_mask is not None:
+        w = w + attention_mask
+    w = torch.nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+    w = torch.nn.functional.dropout(w, p=dropout, training=module.training)
+    wg = w.view(b, kvh, rep, q_len, -1)
+    out = torch.stack([torch.matmul(wg[:, :, r], value) for r in range(rep)], 2)
+    return out.view(b, h, q_len, d).transpose(1, 2).contiguous(), w
+
+
+class _ConfigView:
+    """A model config seen through another ``_attn_implementation`` (every other attribute is
+    the config's own)."""
+
+    def __init__(self, config, impl: str) -> None:
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_attn_implementation", impl)
+
+    def __getattr__(self, name: str):
+        return getattr(self._config, name)
+
+
+def _llama_eager(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s family computes eager attention as Llama does (same bytecode)."""
+    import sys
+
+    from transformers.models.llama import modeling_llama
+
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    ref = modeling_llama.eager_attention_forward
+    return fn is ref or (
+        fn is not None
+        and fn.__code__.co_code == ref.__code__.co_code
+        and fn.__code__.co_names == ref.__code__.co_names
+    )
+
+
+def _fast_model(model):
+    """The model that sampling runs: ``model`` itself while any hook is registered on it (so
+    interventions apply exactly), else a plain copy sharing its weights (see
+    :func:`_plain_copy`): the bridge's wrappers cost a Python call per hook point and step.
+
+    When every layer of the copy has full (not sliding-window) eager attention computed as
+    Llama's, the copy's KV cache is preallocated (:class:`_BufferLayer`, marked by
+    ``_hlens_kv_heads``) and its attention is :func:`_eager_gqa`: no step concatenates the
+    cache or repeats its heads, and the numbers are those of eager attention.
+    """
+    if _hooked(model) or not hasattr(model, "config"):
+        return model
+    try:
+        plain = _plain_copy(model)
+    except Exception:  # an unexpected module layout: the model as it is
+        return model
+    if any(type(m).__module__.startswith("transformer_lens.") for m in plain.modules()):
+        return model
+    try:
+        from transformers import DynamicCache
+        from transformers.modeling_utils import AttentionInterface
+
+        cfg = model.config.get_text_config(decoder=True)
+        layers = DynamicCache(config=model.config).layers
+        attn = [m for m in plain.modules() if hasattr(m, "num_key_value_groups")]
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        ok = (
+            getattr(model.config, "_attn_implementation", None) == "eager"
+            and layers
+            and all(type(la) is DynamicLayer for la in layers)
+            and len(attn) == len(layers)
+            and all(getattr(m, "layer_idx", None) == i for i, m in enumerate(attn))
+            and all(hasattr(m, "config") and _llama_eager(m) for m in attn)
+        )
+    except Exception:
+        return plain
+    if ok:
+        if _GQA_IMPL not in AttentionInterface._global_mapping:
+            AttentionInterface.register(_GQA_IMPL, _eager_gqa)
+        for m in attn:
+            m.config = _ConfigView(m.config, _GQA_IMPL)
+        plain._hlens_kv_heads = (len(layers), kv_heads, head_dim)
+    return plain
+
+
+class _BufferLayer(DynamicLayer):
+    """One layer's keys and values in preallocated buffers ``[batch, heads, capacity, head_dim]``:
+    ``update`` writes in place and returns views of the first ``n`` positions (a
+    ``DynamicLayer`` concatenates, copying the whole cache at every step)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    is_initialized = True
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        super().__init__()
+        self.is_initialized = True
+        self.kbuf, self.vbuf, self.n = keys, values, n
+        self.device = keys.device
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.kbuf[:, :, : self.n]
+        self.values = self.vbuf[:, :, : self.n]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        q = key_states.shape[-2]
+        if self.n + q > self.kbuf.shape[-2]:  # more positions than planned: grow
+            grow = self.n + q - self.kbuf.shape[-2]
+            pad = self.kbuf.new_zeros((*self.kbuf.shape[:2], grow, self.kbuf.shape[-1]))
+            self.kbuf = torch.cat([self.kbuf, pad], dim=2)
+            self.vbuf = torch.cat([self.vbuf, pad], dim=2)
+        self.kbuf[:, :, self.n : self.n + q] = key_states
+        self.vbuf[:, :, self.n : self.n + q] = value_states
+        self.n += q
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.n + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+        self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.kbuf = self.kbuf.repeat_interleave(repeats, dim=0)
+        self.vbuf = self.vbuf.repeat_interleave(repeats, dim=0)
+        self._views()
+
+
+def _kv_cache(model, keys: list, values: list, n: int):
+    """A :class:`transformers.Cache` over :class:`_BufferLayer` buffers (one pair per layer)."""
+    return Cache(layers=[_BufferLayer(k, v, n) for k, v in zip(keys, values)])
+
+
+def _kv_buffers(model, rows: int, capacity: int) -> tuple[list, list]:
+    """Key and value buffers of every layer for ``rows`` rows and ``capacity`` positions, not
+    initialised (positions are written before they are read; padding must be zeroed)."""
+    n_layers, heads, head_dim = model._hlens_kv_heads
+    p = next(model.parameters())
+    shape = (rows, heads, capacity, head_dim)
+    keys = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(n_layers)]
+    values = [torch.empty(shape, dtype=p.dtype, device=p.device) for _ in range(n_layers)]
+    return keys, values
+
+
+def _length_groups(lengths: list[int], overhead: int = 48) -> list[list[int]]:
+    """Indices of ``lengths`` in groups of consecutive lengths (sorted) that minimise the padded
+    tokens encoded plus ``overhead`` tokens per group (one forward call each)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        w = lengths[order[j - 1]]
+        for i in range(j):
+            c = best[i] + (j - i) * w + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
 #: The shortest common token prefix worth encoding once and reusing (``_Prefix``).
 _MIN_PREFIX = 4
 
@@ -196,6 +448,9 @@ class _Prefix:
             return
         device = next(model.parameters()).device
         ids = torch.tensor([first[:n]], dtype=torch.long, device=device)
+        past = {}
+        if getattr(model, "_hlens_kv_heads", None):
+            past = {_forward_kwargs(model)[0]: _kv_cache(model, *_kv_buffers(model, 1, n), 0)}
         with torch.no_grad():  # a cache with autograd history could not be copied
             out = model(
                 input_ids=ids,
@@ -203,6 +458,7 @@ class _Prefix:
                 position_ids=torch.arange(n, device=device)[None],
                 use_cache=True,
                 **fwd,
+                **past,
             )
         cache = _cache_of(out)
         if all(hasattr(cache, a) for a in ("batch_repeat_interleave", "batch_select_indices")):
@@ -240,6 +496,17 @@ def _generate(
     n_pre = len(prefix.ids) if prefix is not None and prefix.cache is not None else 0
     suffixes = [p[n_pre:] for p in prompt_ids]
     n_prompts, width = len(suffixes), max(len(p) for p in suffixes)
+    if getattr(model, "_hlens_kv_heads", None):
+        past, logits, attn, pos, perm = _encode_buffered(
+            model, suffixes, repeats, prefix if n_pre else None, cfg, pad_id, extra
+        )
+        seeds = [seeds[r] for r in perm]  # the buffers' rows are in length order
+        gen, trunc = _decode(model, past, logits, attn, pos, seeds, cfg, eos_id, stop_ids, True)
+        out_gen: list[list[int]] = [[] for _ in perm]
+        out_trunc = [False] * len(perm)
+        for j, r in enumerate(perm):
+            out_gen[r], out_trunc[r] = gen[j], trunc[j]
+        return out_gen, out_trunc
     input_ids = torch.full((n_prompts, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n_prompts, n_pre + width), dtype=torch.long)
     attn[:, :n_pre] = 1
@@ -277,8 +544,83 @@ def _generate(
             logits = out.logits[:, -1, :].float()
         attn = attn.repeat_interleave(repeats, dim=0)
         pos = pos.repeat_interleave(repeats, dim=0)
+    return _decode(model, past, logits, attn, pos, seeds, cfg, eos_id, stop_ids)
+
+
+def _encode_buffered(model, suffixes, repeats, prefix, cfg, pad_id, extra):
+    """Encode prompts (after the shared prefix) into one :class:`_KVCache` laid out as the
+    left-padded batch would be (prefix, padding, prompt), but without encoding the padding:
+    prompts of similar lengths are encoded together (:func:`_length_groups`), each group writing
+    into its rows of the one buffer. Returns the cache (rows repeated ``repeats`` times), the
+    last position's logits, the attention mask, the last positions, and for each of these rows
+    its row in the order of ``suffixes`` (prompt ``i``'s sample ``k`` is row ``i * repeats + k``).
+    """
+    device = next(model.parameters()).device
+    cache_kw = _forward_kwargs(model)[0]
+    n_pre = len(prefix.ids) if prefix is not None else 0
+    n_prompts, width = len(suffixes), max(len(p) for p in suffixes)
+    attn = torch.zeros((n_prompts, n_pre + width), dtype=torch.long)
+    attn[:, :n_pre] = 1
+    for i, p in enumerate(suffixes):
+        attn[i, n_pre + width - len(p) :] = 1
+    attn = attn.to(device)
+    pos_all = (attn.cumsum(-1) - 1).clamp_min(0)
+    # rows in length order, so that each group is a contiguous slice of the buffers
+    groups = _length_groups([len(p) for p in suffixes])
+    order = [i for g in groups for i in g]
+    keys, values = _kv_buffers(model, n_prompts, n_pre + width + cfg.max_new_tokens)
+    if prefix is not None:
+        for k, v, la in zip(keys, values, prefix.cache.layers):
+            k[:, :, :n_pre] = la.keys[:, :, :n_pre]
+            v[:, :, :n_pre] = la.values[:, :, :n_pre]
+    logits = None
+    start = 0
+    for g in groups:
+        w = max(len(suffixes[i]) for i in g)
+        rows = slice(start, start + len(g))
+        start += len(g)
+        ids = torch.full((len(g), w), pad_id, dtype=torch.long)
+        for j, i in enumerate(g):
+            ids[j, w - len(suffixes[i]) :] = torch.tensor(suffixes[i], dtype=torch.long)
+        idx = torch.tensor(g, dtype=torch.long, device=device)
+        cache = _kv_cache(model, [k[rows] for k in keys], [v[rows] for v in values], 0)
+        for la in cache.layers:  # the padding is masked, but must be finite
+            la.kbuf[:, :, n_pre : n_pre + width - w] = 0
+            la.vbuf[:, :, n_pre : n_pre + width - w] = 0
+            la.n = n_pre + width - w
+            la._views()
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=attn[idx],
+            position_ids=pos_all[idx, n_pre + width - w :],
+            use_cache=True,
+            **extra,
+            **{cache_kw: cache},
+        )
+        last = out.logits[:, -1, :].float()
+        if logits is None:
+            logits = last.new_empty((n_prompts, last.shape[-1]))
+        logits[rows] = last
+    if repeats > 1:
+        keys = [k.repeat_interleave(repeats, dim=0) for k in keys]
+        values = [v.repeat_interleave(repeats, dim=0) for v in values]
+        logits = logits.repeat_interleave(repeats, dim=0)
+    perm = [i * repeats + k for i in order for k in range(repeats)]
+    idx = torch.tensor(order, dtype=torch.long, device=device)
+    attn = attn[idx].repeat_interleave(repeats, dim=0)
+    pos = pos_all[idx, -1:].repeat_interleave(repeats, dim=0)
+    return _kv_cache(model, keys, values, n_pre + width), logits, attn, pos, perm
+
+
+def _decode(model, past, logits, attn, pos, seeds, cfg, eos_id, stop_ids, lazy=False):
+    """The decoding loop from the prompts' last logits and KV cache (see :func:`_generate`).
+
+    With ``lazy``, finished rows leave the batch only once they are an eighth of it (dropping
+    rows copies every layer's preallocated buffers)."""
+    device = logits.device
+    cache_kw = _forward_kwargs(model)[0]
     prune = hasattr(past, "batch_select_indices")
-    n = n_prompts * repeats
+    n = logits.shape[0]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     generated: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
@@ -298,7 +640,8 @@ def _generate(
         if step == cfg.max_new_tokens - 1 or all(finished[r] for r in rows):
             break
         live = [j for j, r in enumerate(rows) if not finished[r]]
-        if prune and len(live) < len(rows):
+        done = len(rows) - len(live)
+        if prune and done and (not lazy or done * 8 >= len(rows)):
             idx = torch.tensor(live, dtype=torch.long, device=device)
             past.batch_select_indices(idx)
             attn, pos = attn[idx], pos[idx]
@@ -393,14 +736,15 @@ def _iter_questions(
     model.eval()
     bar = tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress, dynamic_ncols=True)
     try:
-        fwd = {"logits_to_keep": 1} if _forward_kwargs(model)[1] else {}
+        run = _fast_model(model)  # hooks are looked for once, when sampling starts
+        fwd = {"logits_to_keep": 1} if _forward_kwargs(run)[1] else {}
         with torch.no_grad():
-            prefix = _Prefix(model, enc, fwd) if len(enc) > 1 else None
+            prefix = _Prefix(run, enc, fwd) if len(enc) > 1 else None
         for start in range(0, len(order), q_per_batch):
             chunk = order[start : start + q_per_batch]
             rows = [(j, k) for j in range(len(chunk)) for k in range(rows_per_q)]
             gen, trunc = _generate(
-                model,
+                run,
                 [enc[i] for i in chunk],
                 rows_per_q,
                 [row_seed(cfg.seed, ids[chunk[j]], k) for j, k in rows],

@@ -476,3 +476,89 @@ def test_store_written_before_stop_at_newline_resumes(model, tok, tmp_path):
         )
     with pytest.raises((TypeError, ValueError), match="stop_at_newline"):
         SamplingConfig(stop_at_newline=1)
+
+
+# -- the fast path: a plain copy of the model, preallocated KV cache, grouped-query attention ------
+@pytest.fixture(scope="module")
+def gqa_model(tok):
+    """An eager tiny Llama with grouped-query attention (4 query heads, 2 key/value heads) and
+    a likely EOS: the model the fast path's preallocated cache and attention are built for."""
+    torch.manual_seed(3)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    cfg._attn_implementation = "eager"
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(4)
+        for t in range(len(tok.all_special_ids) + 1):
+            m.lm_head.weight[t] = 0.0
+        m.lm_head.weight[tok.eos_token_id] = m.lm_head.weight[100:110].mean(0) * 6
+    return m
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_fast_path_equals_the_reference_decoder(
+    gqa_model, tok, monkeypatch, temperature, batch_size
+):
+    fast = S._fast_model(gqa_model)
+    assert fast is not gqa_model and fast._hlens_kv_heads == (2, 2, 8)
+    assert gqa_model.model.layers[0].self_attn.config._attn_implementation == "eager"
+    prompts, ids = CHAT + PROMPTS, CHAT_IDS + IDS
+    cfg = SamplingConfig(
+        n_samples=3, temperature=temperature, max_new_tokens=12, seed=2, batch_size=batch_size
+    )
+    got = _ids_of(gqa_model, tok, prompts, ids, cfg, monkeypatch)
+    want = _reference(gqa_model, tok, prompts, ids, cfg)
+    assert got == want
+    assert len({len(g) for rows in want for g, _ in rows}) > 3  # rows finished at different steps
+
+
+def test_length_groups_cover_every_prompt_once():
+    lengths = [5, 30, 31, 6, 29, 5, 60]
+    groups = S._length_groups(lengths, overhead=4)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [[lengths[i] for i in g] for g in groups] == [[5, 5, 6], [29, 30, 31], [60]]
+    assert S._length_groups([7] * 5) == [[0, 1, 2, 3, 4]]
+
+
+def test_hooks_take_the_hooked_path_and_apply(llama, monkeypatch):
+    """Sampling through a bridge: the plain copy only while no hook is registered; scaled
+    neurons (hooks on ``blocks.{l}.mlp.hook_post``) give the slow path's tokens, and equal the
+    same scaling written into the weights (no hooks, so the fast path)."""
+    from hlens.interventions import scale_neurons
+
+    hf, btok = llama.hf_model, llama.tokenizer
+    prompts = ["Where was Ada born?", "The capital of", "Question: who wrote it? Answer:"]
+    ids = ["a", "b", "c"]
+    cfg = SamplingConfig(n_samples=2, temperature=1.0, max_new_tokens=8, seed=4)
+    greedy = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=8)
+    neurons = {0: [0, 1, 2, 5], 1: [3, 7]}
+    assert S._fast_model(hf) is not hf
+
+    def slow(c):
+        with monkeypatch.context() as mp:
+            mp.setattr(S, "_fast_model", lambda m: m)
+            return sample_responses(hf, btok, prompts, ids, c, progress=False)
+
+    for c in (cfg, greedy):
+        plain = sample_responses(hf, btok, prompts, ids, c, progress=False)
+        assert plain == slow(c)
+        with scale_neurons(llama, neurons, alpha=4.0):
+            assert S._fast_model(hf) is hf  # hooks registered: no copy
+            hooked = sample_responses(hf, btok, prompts, ids, c, progress=False)
+            assert hooked == slow(c)
+        with scale_neurons(llama, neurons, alpha=4.0, method="weights"):
+            assert S._fast_model(hf) is not hf
+            assert sample_responses(hf, btok, prompts, ids, c, progress=False) == hooked
+        assert hooked != plain  # the scaling changed the samples
