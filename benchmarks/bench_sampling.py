@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+import hlens.sampling as S
 from hlens.sampling import SamplingConfig, sample_responses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,9 +170,10 @@ def machine_limits(batch: int, d_model: int, d_mlp: int, vocab: int) -> dict[str
 class FlopCounter:
     """Matmul FLOPs of every forward of a Hugging Face decoder (a forward pre-hook)."""
 
-    def __init__(self, model) -> None:
-        cfg = model.config
+    def __init__(self, model, config_of=None) -> None:
         self.model = model
+        model = config_of if config_of is not None else model
+        cfg = model.config
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings().weight
         n_params = sum(p.numel() for p in model.parameters())
@@ -252,7 +254,7 @@ def compare(
         for arm in ("hlens", "generate") if r % 2 == 0 else ("generate", "hlens"):
             t0 = time.perf_counter()
             if arm == "hlens":
-                with torch.no_grad(), FlopCounter(model) as fc:
+                with torch.no_grad():
                     ours = [
                         x[0]
                         for x in sample_responses(model, tok, prompts, ids, cfg, progress=False)
@@ -263,6 +265,28 @@ def compare(
                     theirs = _generate_hf(model, tok, enc, cfg)
                 hf_t.append(time.perf_counter() - t0)
     hl, hf = statistics.median(hl_t), statistics.median(hf_t)
+    # FLOPs in an untimed run: a hook on the model would make the sampler take its hooked path,
+    # so the counter goes on the model the sampler actually runs
+    real_fast = S._fast_model
+    counters: list[FlopCounter] = []
+
+    def counted(m):
+        run = real_fast(m)
+        counters.append(FlopCounter(run, config_of=model).__enter__())
+        return run
+
+    S._fast_model = counted
+    try:
+        with torch.no_grad():
+            again = [x[0] for x in sample_responses(model, tok, prompts, ids, cfg, progress=False)]
+    finally:
+        S._fast_model = real_fast
+        for c in counters:
+            c.__exit__(None, None, None)
+    fc = counters[0]
+    fc.flops = sum(c.flops for c in counters)
+    fast_path = any(getattr(c.model, "_hlens_kv_heads", None) for c in counters)
+    assert again == ours
     mismatch = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     c = model.config
     limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
@@ -281,6 +305,7 @@ def compare(
         "hlens_questions_per_s": round(len(prompts) / hl, 2),
         "generate_questions_per_s": round(len(prompts) / hf, 2),
         "equal_outputs": not mismatch,
+        "hlens_path": "fast (plain copy, preallocated KV cache)" if fast_path else "as given",
         "n_mismatch": len(mismatch),
         "mismatch_examples": [[ours[i], theirs[i]] for i in mismatch[:3]],
         "hlens_gflop": round(fc.flops / 1e9, 2),
