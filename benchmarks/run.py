@@ -27,6 +27,8 @@ BENCHMARKS = {
     "generation": "benchmarks.bench_generation",
     "attribution": "benchmarks.bench_attribution",
     "sampling": "benchmarks.bench_sampling",
+    "probe_real": "benchmarks.bench_probe_real",
+    "extraction_real": "benchmarks.bench_extraction_real",
 }
 
 
