@@ -41,6 +41,7 @@ from hlens.patching import (
     ActivationMetric,
     Direction,
     Metric,
+    PatchAt,
     PatchResult,
     Target,
     _check,
@@ -53,6 +54,7 @@ from hlens.patching import (
     forward_metric,
     group_masks,
     hook_name,
+    last_token_mask,
     n_units,
     patch_pairs,
     reduce_units,
@@ -141,18 +143,20 @@ def attribution_patching(
     layers: Sequence[int] | None = None,
     neurons: NeuronSet | Sequence[NeuronSet] | None = None,
     batch_size: int | None = None,
+    patch_at: PatchAt = "all",
 ) -> PatchResult:
     """Attribution patching: first-order estimates of every patch of ``target``.
 
     Same arguments and result layout as :func:`hlens.patching.exact_patching`; ``batch_size``
     chunks the prompt pairs. Per pair it runs 2 forward passes and 1 backward pass
-    (``meta["forward_rows"]``, ``meta["backward_rows"]``).
+    (``meta["forward_rows"]``, ``meta["backward_rows"]``). With ``patch_at="last"`` the estimate
+    is the first-order term at each sequence's last token only.
 
     Example:
         >>> atp = attribution_patching(model, clean, corrupt, metric)  # doctest: +SKIP
         >>> atp.top(5)  # doctest: +SKIP
     """
-    _check(direction, target)
+    _check(direction, target, patch_at, metric)
     c, k = patch_pairs(model, clean, corrupt)
     names, masks, groups, sel = _plan(model, target, layers, neurons)
     n, width = len(c), c.tokens.shape[1]
@@ -179,7 +183,11 @@ def attribution_patching(
                 parts[la].append(torch.zeros(len(cb), u, dtype=model.score_dtype))
                 continue
             diff = (src_a[nm] - tgt_a[nm].detach()).to(model.score_dtype)
-            parts[la].append(reduce_units(target, diff * g.to(model.score_dtype)).cpu())
+            prod = diff * g.to(model.score_dtype)
+            if patch_at == "last":
+                at = last_token_mask(cb).to(prod.device)
+                prod = prod * at.view(*at.shape, *[1] * (prod.dim() - 2)).to(prod.dtype)
+            parts[la].append(reduce_units(target, prod).cpu())
         tgt_m = tgt_m.detach().cpu()
         metrics.append((src_m.cpu(), tgt_m) if direction == "clean_to_corrupt" else (tgt_m, src_m))
     per_layer = {la: torch.cat(p) for la, p in parts.items()}

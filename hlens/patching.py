@@ -13,6 +13,11 @@ Targets (one score per unit and layer; a unit's activation is replaced at every 
 - ``"resid"``: the residual stream before each block at each position -> ``[layer, pos]``;
 - ``"group"``: each :class:`~hlens.NeuronSet` given, patched as one unit -> ``[group]``.
 
+With ``patch_at="last"`` a unit is patched at each sequence's last token only. Nothing before
+that token changes, so exact patching then runs the shared prefix once with a KV cache and
+recomputes only the last token per patch (about ``width`` times cheaper); attribution patching
+takes the same first-order term at that token.
+
 Many patches run in one forward pass: the target batch is repeated ``k`` times and copy ``i``
 gets patch ``i`` (rows ``i * n_pairs + b`` hold pair ``b``), so exact patching over every
 neuron of a small model is a few hundred batched forward passes. Clean and corrupted prompts
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from hlens.cache import right_align_batch
@@ -50,13 +55,16 @@ from hlens.prompts import TokenBatch
 
 __all__ = [
     "DIRECTIONS",
+    "PATCH_AT",
     "TARGETS",
     "ActivationMetric",
     "Direction",
     "Metric",
+    "PatchAt",
     "PatchResult",
     "Target",
     "exact_patching",
+    "last_token_mask",
     "logit_diff",
     "match_lengths",
     "neuron_activation",
@@ -65,6 +73,8 @@ __all__ = [
 ]
 
 Direction = Literal["clean_to_corrupt", "corrupt_to_clean"]
+PatchAt = Literal["all", "last"]
+PATCH_AT: tuple[str, ...] = ("all", "last")
 Target = Literal["neurons", "heads", "resid", "group"]
 DIRECTIONS: tuple[str, ...] = ("clean_to_corrupt", "corrupt_to_clean")
 TARGETS: tuple[str, ...] = ("neurons", "heads", "resid", "group")
@@ -447,11 +457,105 @@ def capture(model: Any, batch: TokenBatch, names: Sequence[str]) -> dict[str, Te
     return store
 
 
-def _check(direction: str, target: str) -> None:
+def _check(direction: str, target: str, patch_at: str = "all", metric: Any = None) -> None:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if patch_at not in PATCH_AT:
+        raise ValueError(f"patch_at must be one of {PATCH_AT}, got {patch_at!r}")
+    if patch_at == "last" and target == "resid":
+        raise ValueError("patch_at='last' patches units at the last token; target='resid' has "
+                         "one unit per position, so use patch_at='all'")  # fmt: skip
+    if patch_at == "last" and isinstance(metric, ActivationMetric):
+        raise ValueError("patch_at='last' needs a logit metric (e.g. logit_diff), not an "
+                         "ActivationMetric")  # fmt: skip
+
+
+def last_token_mask(batch: TokenBatch) -> Bool[Tensor, "batch pos"]:
+    """True at each sequence's last real token of a right-padded batch."""
+    pos = torch.arange(batch.tokens.shape[1])
+    return pos.unsqueeze(0) == _last_pos(batch).unsqueeze(1)
+
+
+class _LastToken:
+    """Runs a batch's prefix once with a KV cache, then its last token under many patches.
+
+    Rows are left-padded for the cached run (HF position ids from the attention mask). The ``k``
+    patched copies of a row's last token run as ``k`` queries of that row at the same position,
+    each attending to the cached prefix and to itself only (a 4-D attention mask), so the cache
+    is never copied ``k`` times. :meth:`run` returns the metric in the row order of
+    :func:`_repeat` (copy ``i`` of pair ``b`` is row ``i * n + b``).
+    """
+
+    def __init__(self, model: Any, batch: TokenBatch, metric: Metric) -> None:
+        import inspect
+
+        lengths = batch.attention_mask.sum(1).long()
+        if int(lengths.min()) < 2:
+            raise ValueError("patch_at='last' needs prompts of at least 2 tokens")
+        n, w = batch.tokens.shape
+        col = torch.arange(w).unsqueeze(0)
+        shift = (w - lengths).unsqueeze(1)
+        src = (col - shift).clamp(min=0)  # left-padded column j holds token j - shift
+        real = col >= shift
+        pad = model.tokenizer.pad_token_id or 0
+        self.tokens = torch.where(real, batch.tokens.gather(1, src), pad).to(model.device)
+        self.mask = real.long().to(model.device)
+        self.pos = (self.mask.cumsum(1) - 1).clamp(min=0)
+        self.model, self.metric, self.n, self.width = model, metric, n, w
+        self.last = (lengths - 1).to(model.device)
+        params = inspect.signature(model.hf_model.forward).parameters
+        self.kw = "cache" if "cache" in params else "past_key_values"  # newer transformers
+        with torch.no_grad():
+            out = model.hf_model(input_ids=self.tokens[:, :-1], attention_mask=self.mask[:, :-1],
+                                 position_ids=self.pos[:, :-1], use_cache=True)  # fmt: skip
+        got = out.get("cache") if hasattr(out, "get") else None
+        self.cache = got if got is not None else out.past_key_values
+
+    def at_last(self, act: Tensor) -> Tensor:
+        """``[n, pos, ...]`` activations of the right-padded batch at each last token."""
+        return act[torch.arange(self.n, device=act.device), self.last.to(act.device)].unsqueeze(1)
+
+    def _mask(self, k: int) -> Tensor:
+        """Additive ``[n, 1, k, prefix + k]`` mask: query ``i`` sees the prefix and key ``i``."""
+        p = self.width - 1
+        allowed = torch.zeros(self.n, 1, k, p + k, dtype=torch.bool, device=self.tokens.device)
+        allowed[:, 0, :, :p] = self.mask[:, :p].bool()[:, None, :]
+        q = torch.arange(k, device=self.tokens.device)
+        allowed[:, 0, q, p + q] = True
+        dtype = self.model.dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+
+    def run(self, k: int, patches: Sequence[tuple[str, Tensor, Tensor]]) -> Tensor:
+        """The metric with ``k`` patched copies of every row's last token.
+
+        ``patches`` holds ``(hook name, mask [k, unit], source [n, 1, ...])``: copy ``i`` takes
+        the source activation of the units ``mask[i]`` selects.
+        """
+        import copy
+
+        def make(m: Tensor, src: Tensor) -> Callable:
+            def hook(t: Tensor, *, hook: Any) -> Tensor:  # t: [n, k, unit, ...]
+                mm = m.to(t.device).view(1, *m.shape, *[1] * (t.dim() - 3))
+                return torch.where(mm, src.to(t.dtype), t)
+
+            return hook
+
+        hooks = [(name, make(m, src)) for name, m, src in patches]
+        with torch.no_grad(), self.model.bridge.hooks(fwd_hooks=hooks):
+            out = self.model.hf_model(
+                input_ids=self.tokens[:, -1:].repeat(1, k),
+                attention_mask=self._mask(k),
+                position_ids=self.pos[:, -1:].repeat(1, k),
+                use_cache=True,
+                **{self.kw: copy.deepcopy(self.cache)},
+            )
+        logits = out.logits.transpose(0, 1).reshape(k * self.n, 1, -1)
+        step = TokenBatch(self.tokens[:, -1:].repeat(k, 1).cpu(), torch.ones(k * self.n, 1).long())
+        return self.metric(logits, step).to(self.model.score_dtype)
 
 
 def _groups(model: Any, neurons: Any) -> list[NeuronSet]:
@@ -487,6 +591,7 @@ def exact_patching(
     layers: Sequence[int] | None = None,
     neurons: NeuronSet | Sequence[NeuronSet] | None = None,
     max_rows: int = 512,
+    patch_at: PatchAt = "all",
 ) -> PatchResult:
     """Exact activation patching of every unit of ``target``, batched over patches.
 
@@ -501,6 +606,8 @@ def exact_patching(
         layers: layers to patch (default all; ignored for groups).
         neurons: for ``target="group"``, a NeuronSet (one group) or a list of them.
         max_rows: most rows per forward pass (patches per pass = ``max_rows // n_pairs``).
+        patch_at: ``"all"`` positions, or the ``"last"`` token of each sequence only (a KV-cached
+            prefix; logit metrics only, not ``target="resid"``).
 
     Returns:
         A :class:`PatchResult`; ``meta["forward_rows"]`` counts sequences run forward.
@@ -509,7 +616,7 @@ def exact_patching(
         >>> res = exact_patching(model, clean, corrupt, metric, target="heads")  # doctest: +SKIP
         >>> res.scores.shape  # [layer, head]  # doctest: +SKIP
     """
-    _check(direction, target)
+    _check(direction, target, patch_at, metric)
     c, k = patch_pairs(model, clean, corrupt)
     src, tgt = (c, k) if direction == "clean_to_corrupt" else (k, c)
     n_pairs, width = len(c), c.tokens.shape[1]
@@ -519,6 +626,10 @@ def exact_patching(
         corrupt_m = forward_metric(model, k, metric)
     meta["forward_rows"] += 2 * n_pairs
     base = corrupt_m if direction == "clean_to_corrupt" else clean_m
+    last = _LastToken(model, tgt, metric) if patch_at == "last" else None
+    if last is not None:
+        base = last.run(1, [])  # the same numerics as the patched runs
+        meta["patch_at"] = "last"
     if target == "group":
         groups = _groups(model, neurons)
         masks = group_masks(model, groups)
@@ -532,6 +643,8 @@ def exact_patching(
         n_patch = u
     source = capture(model, src, names)
     meta["forward_rows"] += n_pairs
+    if last is not None:  # the source activation at each sequence's last token
+        source = {nm: last.at_last(a) for nm, a in source.items()}
     per_k = max(1, max_rows // n_pairs)
 
     def run_chunk(chunk_masks: dict[int, Tensor]) -> Tensor:
@@ -548,6 +661,11 @@ def exact_patching(
 
             return hook
 
+        if last is not None:
+            names_k = [(hook_name(model, target, la), m) for la, m in chunk_masks.items()]
+            out = last.run(kk, [(nm, m, source[nm]) for nm, m in names_k])
+            meta["forward_rows"] += kk * n_pairs
+            return out.view(kk, n_pairs) - base.view(1, n_pairs)
         hooks = [(hook_name(model, target, la), make(la, m)) for la, m in chunk_masks.items()]
         with torch.no_grad():
             out = forward_metric(model, _repeat(tgt, kk), metric, hooks)

@@ -170,3 +170,34 @@ def test_result_round_trips(llama, tmp_path):
     with pytest.raises(ValueError, match="method"):
         PatchResult("heads", "guess", "clean_to_corrupt", res.scores, res.per_pair, (0, 1),
                     res.clean_metric, res.corrupt_metric)  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["neurons", "heads"])
+def test_last_token_patching_equals_a_full_run_patched_at_the_last_token(tiny_model, target):
+    # The KV-cached path (prefix once, the last token per patch) against full forward passes
+    # with the activation replaced at each sequence's last token only, on every family.
+    hook = tiny_model.family.activation_hook(1) if target == "neurons" else "blocks.1.attn.hook_z"
+    unit = 5 if target == "neurons" else 1
+    fast = exact_patching(tiny_model, CLEAN, CORRUPT, METRIC, target=target, patch_at="last")
+    c, _ = patch_pairs(tiny_model, CLEAN, CORRUPT)
+    last = c.attention_mask.sum(1) - 1
+    rows = torch.arange(len(CLEAN))
+
+    want = _manual(tiny_model, CLEAN, CORRUPT, hook, lambda t: (rows, last, unit))
+    torch.testing.assert_close(fast.per_pair[:, 1, unit], want, atol=2e-5, rtol=1e-4)
+    assert fast.meta["patch_at"] == "last"
+
+
+def test_last_token_attribution_matches_its_exact_patching_to_first_order(llama):
+    from hlens.attribution import attribution_patching
+
+    same = exact_patching(llama, CLEAN, CLEAN, METRIC, patch_at="last")
+    assert same.per_pair.abs().max() < 1e-5  # no-op patches stay no-ops on the cached path
+    ex = exact_patching(llama, CLEAN, CORRUPT, METRIC, patch_at="last")
+    atp = attribution_patching(llama, CLEAN, CORRUPT, METRIC, patch_at="last")
+    full = attribution_patching(llama, CLEAN, CORRUPT, METRIC)
+    a, e = atp.scores.flatten(), ex.scores.flatten()
+    assert torch.corrcoef(torch.stack([a, e]))[0, 1] > 0.9
+    assert not torch.allclose(atp.scores, full.scores)  # the restriction is real
+    with pytest.raises(ValueError, match="patch_at"):
+        exact_patching(llama, CLEAN, CORRUPT, METRIC, target="resid", patch_at="last")
