@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from hlens.neurons import NeuronId, NeuronSet
@@ -46,6 +47,8 @@ __all__ = [
     "ablation_effects",
     "activation_stats",
     "add_arguments",
+    "neuron_activations",
+    "region_means",
     "report_cards",
     "run",
     "top_activating",
@@ -75,6 +78,7 @@ class TopExample:
         position: token position (in the example's own tokens, from its first token).
         activation: the activation there.
         token: that token's text; ``context`` the tokens around it, ``focus`` its index there.
+        label: the example's label (``faithful`` / ``hallucinated``), if it has one.
     """
 
     example: int
@@ -84,6 +88,7 @@ class TopExample:
     token: str
     context: list[str]
     focus: int
+    label: str | None = None
 
     @property
     def text(self) -> str:
@@ -138,6 +143,7 @@ class NeuronCard:
     ablation: dict[str, dict[str, float]] | None = None
     drivers: list[Driver] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    correlations: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,6 +163,7 @@ class NeuronCard:
             d.get("ablation"),
             [Driver(**x) for x in d.get("drivers", [])],
             dict(d.get("meta", {})),
+            dict(d.get("correlations", {})),
         )
 
     def records(self) -> dict[str, Any]:
@@ -176,6 +183,7 @@ class NeuronCard:
         if self.drivers:
             d = self.drivers[0]
             row["top_driver"] = f"{d.kind} L{d.layer}.{d.index} ({d.score:+.3g})"
+        row |= {f"corr_{k}": v for k, v in self.correlations.items()}
         return row
 
     def summary(self) -> str:
@@ -188,7 +196,13 @@ class NeuronCard:
             lines.append("  promotes:   " + ", ".join(repr(t.token) for t in self.promoted[:8]))
             lines.append("  suppresses: " + ", ".join(repr(t.token) for t in self.suppressed[:8]))
         for ex in self.top_examples[:3]:
-            lines.append(f"  fires {ex.activation:+.3g} on {ex.text!r}")
+            tag = f" ({ex.label})" if ex.label else ""
+            lines.append(f"  fires {ex.activation:+.3g}{tag} on {ex.text!r}")
+        if self.correlations:
+            lines.append(
+                "  correlation with: "
+                + ", ".join(f"{k} {v:+.2f}" for k, v in self.correlations.items())
+            )
         if self.stats is not None:
             s = self.stats
             lines.append(
@@ -261,12 +275,17 @@ def top_activating(
     window: int = 8,
     batch_size: int = 32,
     fmt: Any = None,
+    region: str | None = None,
+    chunks: Sequence[tuple[int, Any, Tensor]] | None = None,
 ) -> list[list[TopExample]]:
     """The ``k`` examples where each neuron fires most (one position per example: its maximum).
 
     Args:
         dataset: texts or :class:`~hlens.Example` objects.
         window: tokens of context on each side.
+        region: look only inside this region (e.g. ``"answer"``: the answer tokens); examples
+            with an empty region are skipped. ``None``: every real token.
+        chunks: the activations of ``dataset`` already computed by :func:`neuron_activations`.
 
     Example:
         >>> tops = top_activating(model, h_neurons, prompts, k=5)  # doctest: +SKIP
@@ -274,11 +293,16 @@ def top_activating(
     """
     best: list[list[tuple[float, int, int]]] = [[] for _ in neurons]
     tokens: dict[int, list[int]] = {}
-    for start, batch, acts in _layer_acts(model, neurons, dataset, batch_size, fmt):
+    if chunks is None:
+        chunks = list(_layer_acts(model, neurons, dataset, batch_size, fmt))
+    for start, batch, acts in chunks:
         mask = batch.attention_mask.bool()
-        acts = acts.masked_fill(~mask[:, :, None], -torch.inf)
+        where = mask & batch.region(region) if region is not None else mask
+        acts = acts.masked_fill(~where[:, :, None], -torch.inf)
         vals, pos = acts.max(1)  # [b, n]
         for b in range(acts.shape[0]):
+            if not bool(where[b].any()):
+                continue
             real = batch.tokens[b][mask[b]].tolist()
             offset = int(mask[b].long().argmax())  # first real token (left padding)
             tokens[start + b] = real
@@ -294,19 +318,32 @@ def top_activating(
             lo, hi = max(0, p - window), min(len(toks), p + window + 1)
             ctx = [model.tokenizer.decode([t]) for t in toks[lo:hi]]
             item = dataset[ex]
-            ex_id = getattr(item, "id", None)
-            cards.append(TopExample(ex, ex_id, p, v, ctx[p - lo], ctx, p - lo))
+            ex_id, label = getattr(item, "id", None), getattr(item, "label", None)
+            cards.append(TopExample(ex, ex_id, p, v, ctx[p - lo], ctx, p - lo, label))
         out.append(cards)
     return out
 
 
-def _region_means(model, neurons, examples, region, batch_size, fmt) -> Tensor:
+def neuron_activations(
+    model: Any, neurons: NeuronSet, data: Sequence[Any], *, batch_size: int = 32, fmt: Any = None
+) -> list[tuple[int, Any, Tensor]]:
+    """The neurons' activations over ``data`` in one pass, as ``(start, batch, acts)`` chunks
+    (``acts`` is ``[batch, pos, neuron]``), for :func:`top_activating` and :func:`region_means`.
+    """
+    return list(_layer_acts(model, neurons, data, batch_size, fmt))
+
+
+def region_means(
+    chunks: Sequence[tuple[int, Any, Tensor]], region: str = "answer"
+) -> Float[Tensor, "example neuron"]:
+    """Each example's mean activation over ``region`` (NaN where the region is empty)."""
     from hlens.cett import aggregate_region
 
-    parts = []
-    for _, batch, acts in _layer_acts(model, neurons, examples, batch_size, fmt):
-        parts.append(aggregate_region(acts, batch.region(region), "mean"))
-    return torch.cat(parts).double()
+    return torch.cat([aggregate_region(a, b.region(region), "mean") for _, b, a in chunks]).double()
+
+
+def _region_means(model, neurons, examples, region, batch_size, fmt) -> Tensor:
+    return region_means(list(_layer_acts(model, neurons, examples, batch_size, fmt)), region)
 
 
 def activation_stats(
@@ -331,6 +368,10 @@ def activation_stats(
     """
     f = _region_means(model, neurons, faithful, region, batch_size, fmt)
     h = _region_means(model, neurons, hallucinated, region, batch_size, fmt)
+    return _stats(f, h, region, n_boot, seed)
+
+
+def _stats(f: Tensor, h: Tensor, region: str, n_boot: int, seed: int) -> list[ActivationStats]:
     f, h = f[~f.isnan().any(1)], h[~h.isnan().any(1)]
     if len(f) < 2 or len(h) < 2:
         raise ValueError(
@@ -356,8 +397,33 @@ def activation_stats(
             float(hi[j]),
             n_boot,
         )
-        for j in range(len(neurons))
+        for j in range(f.shape[1])
     ]
+
+
+def _spearman(x: Tensor, y: Tensor) -> float:
+    from hlens.attribution import _ranks
+
+    ok = ~(x.isnan() | y.isnan())
+    if int(ok.sum()) < 3:
+        return float("nan")
+    rx, ry = _ranks(x[ok]), _ranks(y[ok])
+    return float(torch.corrcoef(torch.stack([rx, ry]))[0, 1])
+
+
+def _correlations(
+    means: Tensor, data: Sequence[Any], controls: Mapping[str, Sequence[float]]
+) -> list[dict[str, float]]:
+    """Per neuron, Spearman's rho of its region mean with each control (and the label)."""
+    cols = {k: torch.as_tensor(list(v), dtype=torch.double) for k, v in controls.items()}
+    for k, v in cols.items():
+        if len(v) != len(data):
+            raise ValueError(f"control {k!r} has {len(v)} values for {len(data)} examples")
+    labels = [getattr(x, "label", None) for x in data]
+    if all(lab in ("faithful", "hallucinated") for lab in labels):
+        cols = {"hallucinated": torch.tensor([lab == "hallucinated" for lab in labels]).double()}
+        cols |= {k: torch.as_tensor(list(v), dtype=torch.double) for k, v in controls.items()}
+    return [{k: _spearman(means[:, j], v) for k, v in cols.items()} for j in range(means.shape[1])]
 
 
 def _cohen(f: Tensor, h: Tensor, dim: int = 0) -> Tensor:
@@ -487,6 +553,9 @@ def report_cards(
     region: str = "answer",
     n_boot: int = 1000,
     fmt: Any = None,
+    top_region: str | None = None,
+    controls: Mapping[str, Sequence[float]] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[NeuronCard]:
     """A :class:`NeuronCard` per neuron; each part is computed when its inputs are given.
 
@@ -502,11 +571,18 @@ def report_cards(
         region: region for the faithful/hallucinated statistics.
         n_boot: bootstrap resamples.
         fmt: prompt format for examples.
+        top_region: restrict top examples to this region (``"answer"``: answer tokens only).
+        controls: one-number controls per ``dataset`` example (``name -> values``, e.g.
+            :func:`hlens.controls.control_values`); each card gets the Spearman correlation of
+            its mean ``region`` activation with each, and with the label (hallucinated = 1)
+            where examples have one.
+        timings: if given, filled with the seconds each part took.
 
     Example:
         >>> cards = report_cards(model, h_neurons, dataset=prompts, evaluate=ev)  # doctest: +SKIP
     """
     neurons.check_model(model.n_layers, model.d_mlp, what="model")
+    clock = _Clock(timings)
     norms = model.W_out_norms()
     cards = [
         NeuronCard(
@@ -518,24 +594,60 @@ def report_cards(
     ]
     for card, (up, down) in zip(cards, vocab_projection(model, neurons, k)):
         card.promoted, card.suppressed = up, down
-    if dataset:
-        for card, tops in zip(cards, top_activating(model, neurons, dataset, k=k, fmt=fmt)):
-            card.top_examples = tops
+    clock("vocabulary")
+    data = list(dataset or [])
+    chunks = neuron_activations(model, neurons, data, fmt=fmt) if data else None
+    if chunks is not None:
+        tops = top_activating(model, neurons, data, k=k, fmt=fmt, region=top_region, chunks=chunks)
+        for card, t in zip(cards, tops):
+            card.top_examples = t
+    pos = {id(x): i for i, x in enumerate(data)}
+    inside = bool(faithful) and all(id(x) in pos for x in [*faithful, *(hallucinated or [])])
+    means = None
+    if chunks is not None and (inside or controls):
+        means = region_means(chunks, region)
     if faithful and hallucinated:
-        stats = activation_stats(
-            model, neurons, faithful, hallucinated, region=region, n_boot=n_boot, fmt=fmt
-        )
-        for card, s in zip(cards, stats):
-            card.stats = s
+        if means is not None and inside:
+            # the examples are in the dataset: one activation pass serves both parts
+            f = means[[pos[id(x)] for x in faithful]]
+            h = means[[pos[id(x)] for x in hallucinated]]
+            stats = _stats(f, h, region, n_boot, 0)
+        else:
+            stats = activation_stats(
+                model, neurons, faithful, hallucinated, region=region, n_boot=n_boot, fmt=fmt
+            )
+        for card, st in zip(cards, stats):
+            card.stats = st
+    if controls and means is not None:
+        for card, corr in zip(cards, _correlations(means, data, controls)):
+            card.correlations = corr
+    clock("activations")
     if evaluate is not None:
         for card, eff in zip(cards, ablation_effects(model, neurons, evaluate)):
             card.ablation = eff
+        clock("ablation")
     if driver_inputs is not None:
         for card in cards:
             card.drivers = upstream_drivers(
                 model, card.neuron, driver_inputs, corrupt=driver_corrupt, k=k
             )
+        clock("drivers")
     return cards
+
+
+class _Clock:
+    """Records the seconds since the last call under each name (a no-op without a dict)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        import time
+
+        self.into, self.time, self.last = into, time.perf_counter, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = self.time()
+        if self.into is not None:
+            self.into[name] = round(now - self.last, 2)
+        self.last = now
 
 
 def save_cards(cards: Sequence[NeuronCard], out: str | Path) -> Path:
@@ -554,34 +666,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neurons", required=True, help="NeuronSet JSON (from hlens find)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--max-neurons", type=int, default=20, help="cards for the top N neurons")
-    parser.add_argument("--examples", default=None, help="JSONL of labelled Examples (optional)")
+    parser.add_argument(
+        "--examples",
+        default=None,
+        help="JSONL of labelled Examples (default: examples.jsonl of the run beside --neurons)",
+    )
     parser.add_argument("--n-questions", type=int, default=200, help="organism questions per set")
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=320,
+        help="real models: labelled examples read for the cards, half from each class",
+    )
     parser.add_argument("--k", type=int, default=10, help="tokens/examples/drivers per card")
     parser.add_argument(
         "--agreement-pairs",
         type=int,
-        default=0,
-        help="organism only: also compare AtP with exact patching on this many prompt pairs",
+        default=None,
+        help="compare AtP with exact patching on this many prompt pairs (default: 8 on a real "
+        "model with a run's examples, 0 on the organism; 0 skips it)",
+    )
+    parser.add_argument(
+        "--agreement-neurons",
+        type=int,
+        default=2000,
+        help="real models: random neurons in the AtP check, besides every H-neuron",
     )
     parser.add_argument("--no-ablation", action="store_true", help="skip the ablation part")
     parser.add_argument("--device", default=None)
 
 
+def _real_inputs(model: Any, exs: list[Any], run_dir: Path, args: argparse.Namespace):
+    """Card inputs for a real model from a find run's examples (see :mod:`hlens.explain_run`)."""
+    from hlens.controls import control_values
+    from hlens.explain_run import answer_evaluator, answer_prompts, run_controls, run_format
+    from hlens.prompts import prompt_format
+
+    known = getattr(model, "known", None)
+    fmt = run_format(run_dir) or prompt_format(known.prompt if known else None, model.tokenizer)
+    half = args.max_examples // 2
+    right = [e for e in exs if e.label == "faithful"][:half]
+    wrong = [e for e in exs if e.label == "hallucinated"][: args.max_examples - len(right[:half])]
+    exs = right + wrong
+    controls = run_controls(run_dir, exs)
+    if controls is None:  # examples from elsewhere: one forward pass computes them
+        vals = control_values(model, exs, fmt)
+        controls = {k: [float(x) for x in vals[k]] for k in ("span_tokens", "answer_logprob")}
+    kwargs: dict[str, Any] = {
+        "dataset": exs,
+        "faithful": right,
+        "hallucinated": wrong,
+        "top_region": "answer",
+        "controls": controls,
+        "driver_inputs": answer_prompts(model, exs, fmt, n=8),
+        "fmt": fmt,
+    }
+    if not args.no_ablation and right:
+        kwargs["evaluate"] = answer_evaluator(model, right, fmt)
+    return kwargs, fmt
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``hlens explain``; writes ``cards.json``, ``cards_table.json``, ``summary.json``."""
-    from hlens.checks import check_range, load_model, load_neurons
-    from hlens.errors import validating
+    import time
 
+    from hlens.checks import check_range, load_model, load_neurons
+    from hlens.errors import HlensInputError, validating
+    from hlens.explain_run import answer_pairs, atp_agreement, run_examples
+
+    t0 = time.time()
     org = _Organism
     # every input is validated before anything is written (see hlens.errors)
     for option, value in (
         ("--max-neurons", args.max_neurons),
         ("--n-questions", args.n_questions),
         ("--k", args.k),
+        ("--agreement-neurons", args.agreement_neurons),
+        ("--max-examples", args.max_examples),
     ):
         check_range(option, value, 1)
-    check_range("--agreement-pairs", args.agreement_pairs, 0)
+    if args.agreement_pairs is not None:
+        check_range("--agreement-pairs", args.agreement_pairs, 0)
     exs = None
+    run_dir = Path(args.neurons).parent
     if args.examples:
         from hlens.examples import Example
 
@@ -589,7 +756,8 @@ def run(args: argparse.Namespace) -> int:
             lines = Path(args.examples).read_text().splitlines()
             exs = [Example.from_dict(json.loads(x)) for x in lines if x.strip()]
     model = load_model(args.model, device=args.device)
-    neurons = load_neurons(args.neurons, model)
+    h_all = load_neurons(args.neurons, model)
+    neurons = h_all
     if neurons.weights is not None and len(neurons) > args.max_neurons:
         neurons = neurons.top(args.max_neurons)
     elif len(neurons) > args.max_neurons:
@@ -600,29 +768,70 @@ def run(args: argparse.Namespace) -> int:
         "n_cards": len(neurons),
     }
     kwargs: dict[str, Any] = {}
-    if exs is not None:
+    organism = org.is_organism(model)
+    if exs is None and not organism:
+        exs = run_examples(run_dir)
+    pairs = None
+    if exs is not None and not organism:
+        kwargs, fmt = _real_inputs(model, exs, run_dir, args)
+        n_pairs = 8 if args.agreement_pairs is None else args.agreement_pairs
+        try:  # asked for: too few pairs fail before anything is written; by default: skipped
+            pairs = answer_pairs(model, exs, fmt, n_pairs=n_pairs) if n_pairs else None
+        except HlensInputError as e:
+            if args.agreement_pairs is not None:
+                raise
+            summary["atp_vs_exact_skipped"] = str(e)
+        summary["examples"] = str(args.examples or run_dir / "examples.jsonl")
+    elif exs is not None:
         kwargs["dataset"] = exs
         kwargs["faithful"] = [e for e in exs if e.label == "faithful"]
         kwargs["hallucinated"] = [e for e in exs if e.label == "hallucinated"]
         kwargs["driver_inputs"] = [e.replace(response="", answer_span=None) for e in exs[:32]]
-    elif org.is_organism(model):
+    elif organism:
         kwargs |= org.card_inputs(model, n=args.n_questions)
         if not args.no_ablation:
             kwargs["evaluate"] = org.evaluator(model, n=min(args.n_questions, 100))
+    if kwargs.get("faithful") is not None:
         summary["labelled"] = {
             "faithful": len(kwargs["faithful"]),
-            "hallucinated": len(kwargs["hallucinated"]),
+            "hallucinated": len(kwargs.get("hallucinated") or []),
         }
     if len(kwargs.get("faithful") or []) < 2 or len(kwargs.get("hallucinated") or []) < 2:
         kwargs.pop("faithful", None), kwargs.pop("hallucinated", None)
-    cards = report_cards(model, neurons, k=args.k, fmt=kwargs.pop("fmt", None), **kwargs)
+    timings: dict[str, float] = {}
+    summary["timings"] = timings
+    cards = report_cards(model, neurons, k=args.k, fmt=kwargs.pop("fmt", None), timings=timings,
+                         **kwargs)  # fmt: skip
     out = save_cards(cards, args.out)
-    if args.agreement_pairs and org.is_organism(model):
+    evaluate = kwargs.get("evaluate")
+    if evaluate is not None and not organism:  # all H-neurons at once, against no ablation
+        base = cards[0].ablation["baseline"] if cards and cards[0].ablation else evaluate(model)
+        with zero_ablation(model, h_all):
+            together = evaluate(model)
+        summary["ablation_all"] = {
+            "n_neurons": len(h_all),
+            "baseline": base,
+            "ablated": together,
+            "delta": {k: together[k] - base[k] for k in base if k in together},
+        }
+    if pairs is not None:
+        summary["atp_vs_exact"] = atp_agreement(
+            model, h_all, *pairs, n_random=args.agreement_neurons
+        )
+    elif args.agreement_pairs and organism:
         summary["atp_vs_exact"] = org.agreement(model, n_pairs=args.agreement_pairs)
+    summary["seconds"] = round(time.time() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for card in cards[:5]:
         print(card.summary())
-    print(f"wrote {len(cards)} report cards to {out}")
+    if "atp_vs_exact" in summary:
+        a = summary["atp_vs_exact"]
+        print(
+            f"AtP vs exact patching ({a.get('n_pairs')} pairs, {a.get('n', '?')} units): "
+            f"Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, "
+            f"top-{a['top']} overlap {a['top_overlap']:.2f}"
+        )
+    print(f"wrote {len(cards)} report cards to {out} in {summary['seconds']} s")
     return 0
 
 
