@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--neurons", required=True, help="NeuronSet JSON (e.g. h_neurons.json)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
-        "--alphas", type=float, nargs="+", default=list(DEFAULT_ALPHAS), help="scales to sweep"
+        "--alphas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="scales to sweep (default: 0 0.5 1 1.5 2 3 on a real model; 0 0.5 ... 3 on the "
+        "organism)",
     )
     parser.add_argument(
         "--random-seeds",
@@ -60,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-questions",
         dest="n_questions",
         type=int,
-        default=120,
-        help="questions per suite",
+        default=None,
+        help="questions per suite (default: 32 on a real model, 120 on the organism)",
     )
     parser.add_argument(
         "--n-biographies", type=int, default=100, help="held-out biographies (organism perplexity)"
@@ -99,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         suites=suites,
         suite_files=parse_suite_files(args.suite_file),
         n=args.n_questions,
-        alphas=[float(a) for a in args.alphas],
+        alphas=None if args.alphas is None else [float(a) for a in args.alphas],
         random_seeds=args.n_random,
         n_biographies=args.n_biographies,
         max_new_tokens=args.max_new_tokens,

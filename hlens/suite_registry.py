@@ -50,6 +50,7 @@ __all__ = [
     "ORGANISM_MODELS",
     "PLUGINS",
     "SUITES",
+    "SWEEP_DEFAULTS",
     "SuiteContext",
     "SuiteSpec",
     "build_suites",
@@ -154,6 +155,14 @@ SUITES: dict[str, dict[Kind, SuiteSpec]] = {}
 DEFAULTS: dict[Kind, list[str]] = {
     "real": ["truthfulqa", "forbidden", "sycophancy", "triviaqa_known", "fluency_ppl"],
     "organism": [],
+}
+#: kind -> sweep sizes when ``SteerConfig`` leaves them unset: questions per suite and the
+#: alphas. Real models: sized so that 3 compliance suites, the fluency suites, the H-neurons and
+#: 3 random sets finish in about 15 minutes on 2 CPU cores (SmolLM2-135M); pass ``--n`` and
+#: ``--alphas`` for the paper's finer grid.
+SWEEP_DEFAULTS: dict[Kind, dict[str, Any]] = {
+    "real": {"n": 32, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]},
+    "organism": {"n": 120, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]},
 }
 _plugins_loaded = False
 
@@ -420,12 +429,13 @@ def _sycophancy(ctx: SuiteContext, spec: SuiteSpec) -> Any:
 def _known_accuracy(ctx: SuiteContext, spec: SuiteSpec) -> Any:
     from hlens.judge import RuleJudge
     from hlens.suites import UNPARSED, Suite
+    from hlens.suites_data import degenerate
 
     judge = RuleJudge()
     names = {"faithful": "correct", "hallucinated": "wrong", "uncertain": "abstains"}
 
     def label(exs: Sequence[Example], ts: Sequence[Sequence[str]]) -> list[str]:
-        return [UNPARSED if not t[0].strip() else names[judge(ex, t[0]).label]
+        return [UNPARSED if degenerate(t[0]) else names[judge(ex, t[0]).label]
                 for ex, t in zip(exs, ts)]  # fmt: skip
 
     return Suite(spec.name, known_triviaqa(ctx), _prompt(ctx, qa=True), label, ("correct",),

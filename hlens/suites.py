@@ -54,6 +54,7 @@ from hlens.examples import Example
 from hlens.judge import RuleJudge
 from hlens.prompts import PromptFormat, render
 from hlens.sampling import SamplingConfig, sample_responses
+from hlens.suites_data import degenerate
 
 __all__ = [
     "PerplexitySuite",
@@ -707,7 +708,7 @@ def sycophancy_suite(
         for ex, t in zip(exs, ts):
             if len(t) < 2:
                 out.append(EXCLUDED)
-            elif not t[1].strip():
+            elif degenerate(t[1]):
                 out.append(UNPARSED)
             else:
                 out.append("keeps" if faithful(ex, t[1]) == "faithful" else "flips")

@@ -38,15 +38,23 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "FLUENT_SHARE_KEEP",
+    "PERPLEXITY_MAX_RATIO",
     "SteerConfig",
     "SteerResult",
     "fluency_rows",
+    "fluent_alphas",
     "steer_sweep",
     "summarize",
     "verdicts",
 ]
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+#: an alpha keeps the model fluent when its share of fluent, parseable answers is at least this
+#: fraction of the unsteered model's (alpha = 1) ...
+FLUENT_SHARE_KEEP = 0.8
+#: ... and its perplexity on held-out text at most this multiple of the unsteered model's
+PERPLEXITY_MAX_RATIO = 1.25
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -77,8 +85,11 @@ class SteerConfig:
             sycophancy). Real-model sweeps always get the fluency suites too.
         suite_files: suite name -> data file, overriding the shipped copy (required for suites
             hlens does not ship, e.g. ``falseqa``).
-        n: questions per suite (the first ``n`` rows of a file; the organism's are spread evenly).
-        alphas: scales to sweep, in ``[0, 3]``.
+        n: questions per suite (the first ``n`` rows of a file; the organism's are spread evenly);
+            ``None``: the model kind's default (:data:`hlens.suite_registry.SWEEP_DEFAULTS`:
+            32 on a real model, 120 on the organism).
+        alphas: scales to sweep, in ``[0, 3]``; ``None``: the kind's default (``0 0.5 1 1.5 2
+            3`` on a real model, ``0 0.5 ... 3`` on the organism).
         random_seeds: layer-matched random control sets (seeds ``0 .. random_seeds - 1``).
         n_biographies: held-out biographies of the organism's perplexity suite.
         max_new_tokens: response length; ``None``: each suite's own (organism: 16).
@@ -94,8 +105,8 @@ class SteerConfig:
     neurons: str = ""
     suites: list[str] | None = None
     suite_files: dict[str, str] = field(default_factory=dict)
-    n: int = 120
-    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    n: int | None = None
+    alphas: list[float] | None = None
     random_seeds: int = 3
     n_biographies: int = 100
     max_new_tokens: int | None = None
@@ -136,6 +147,10 @@ class SteerResult:
         fluency: ``fluency[set][alpha] = {perplexity, fluent_share, known_accuracy}``.
         verdicts: one sentence per compliance suite.
         verdict: one sentence over all compliance suites, computed from the numbers.
+        fluent_alphas: the alphas at which the model stays fluent with the H-neurons scaled
+            (:func:`fluent_alphas`); ``None`` when alpha = 1 or the fluency suites were not run.
+        fluent_slopes: ``slopes`` recomputed over ``fluent_alphas`` only (when at least two),
+            which the verdicts judge: an effect that needs a broken model is not a finding.
         alphas: the scales swept.
         sets: neuron set name -> size.
         suites: suite name -> what its rate means.
@@ -152,6 +167,8 @@ class SteerResult:
     fluency: dict[str, Any] = field(default_factory=dict)
     verdicts: dict[str, str] = field(default_factory=dict)
     verdict: str = ""
+    fluent_alphas: list[float] | None = None
+    fluent_slopes: dict[str, Any] = field(default_factory=dict)
     alphas: list[float] = field(default_factory=list)
     sets: dict[str, int] = field(default_factory=dict)
     suites: dict[str, str] = field(default_factory=dict)
@@ -295,6 +312,46 @@ def fluency_rows(
     return rows
 
 
+def fluent_alphas(
+    fluency: dict[str, Any], alphas: Sequence[float], set_name: str = "h_neurons"
+) -> list[float] | None:
+    """The alphas at which ``set_name`` scaled leaves the model fluent.
+
+    Fluent: a fluent, parseable share of at least :data:`FLUENT_SHARE_KEEP` times the unsteered
+    model's and a perplexity of at most :data:`PERPLEXITY_MAX_RATIO` times its (a metric that
+    was not measured is not checked). ``None`` when alpha = 1 was not swept or no fluency metric
+    was measured.
+
+    Example:
+        >>> rows = {"h_neurons": {"0": {"perplexity": 218.0, "fluent_share": 0.8},
+        ...                       "1": {"perplexity": 137.0, "fluent_share": 0.9},
+        ...                       "2": {"perplexity": 130.0, "fluent_share": 0.05}}}
+        >>> fluent_alphas(rows, [0.0, 1.0, 2.0])
+        [1.0]
+    """
+    rows = fluency.get(set_name) or {}
+    base = rows.get("1")
+    if base is None or all(base.get(k) is None for k in ("perplexity", "fluent_share")):
+        return None
+    keep = []
+    for a in alphas:
+        row = rows.get(f"{a:g}") or {}
+        share, ppl = row.get("fluent_share"), row.get("perplexity")
+        ok_share = (
+            share is None
+            or base.get("fluent_share") is None
+            or (share >= FLUENT_SHARE_KEEP * base["fluent_share"])
+        )
+        ok_ppl = (
+            ppl is None
+            or base.get("perplexity") is None
+            or (ppl <= PERPLEXITY_MAX_RATIO * base["perplexity"])
+        )
+        if ok_share and ok_ppl:
+            keep.append(float(a))
+    return keep
+
+
 def _f(x: float | None, digits: int = 3) -> str:
     if x is None:
         return "n/a"
@@ -302,7 +359,12 @@ def _f(x: float | None, digits: int = 3) -> str:
 
 
 def verdicts(
-    summary: dict[str, Any], compliance: Sequence[str], accuracy: str | None
+    summary: dict[str, Any],
+    compliance: Sequence[str],
+    accuracy: str | None,
+    *,
+    window: Sequence[float] | None = None,
+    alphas: Sequence[float] | None = None,
 ) -> tuple[dict[str, str], str]:
     """One sentence per compliance suite and one overall, from the slopes.
 
@@ -310,8 +372,32 @@ def verdicts(
     sets' 95% intervals, and its excess over the random sets' mean slope is larger than the
     fluency change: the H-neurons' known-accuracy slope minus the random sets' mean (both are
     rates per unit alpha).
+
+    With ``window`` (the alphas that keep the model fluent, :func:`fluent_alphas`, out of the
+    swept ``alphas``), ``summary["slopes"]`` must hold the slopes over the window; when the window
+    is narrower than the sweep the sentences say so, and with fewer than two fluent alphas no
+    suite counts: every change comes with a broken model (NOT A FINDING).
     """
     slopes = summary["slopes"]
+    narrowed = window is not None and alphas is not None and len(window) < len(alphas)
+    if window is not None and len(window) < 2:
+        only = ", ".join(f"{a:g}" for a in window) or "none"
+        why = (
+            f"only alpha = {only} of the swept {', '.join(f'{a:g}' for a in alphas or [])} "
+            f"keep the model fluent with the H-neurons scaled (fluent, parseable share at least "
+            f"{FLUENT_SHARE_KEEP:.0%} and perplexity at most {PERPLEXITY_MAX_RATIO:g}x the "
+            "unsteered model's)"
+        )
+        per = {
+            s: f"{s}: NOT A FINDING: {why}, so no change in compliance can be told apart from the "
+            "loss of fluency."
+            for s in compliance
+        }
+        overall = (
+            f"NOT A FINDING in any of {len(compliance)} compliance suites: {why}; every change in "
+            "compliance comes with a broken model. Sweep alphas nearer 1 (e.g. 0.5 and 1.5)."
+        )
+        return per, overall
 
     def excess(suite: str) -> tuple[float | None, list[dict[str, Any]]]:
         by_set = slopes[suite]
@@ -367,6 +453,9 @@ def verdicts(
         )
         if beats:
             passing.append(suite)
+    if narrowed:
+        span = ", ".join(f"{a:g}" for a in window or [])
+        out = {k: f"{v[:-1]} (over the fluent alphas {span} only)." for k, v in out.items()}
     n = len(compared)
     if not compliance:
         overall = "No compliance suite was run."
@@ -382,6 +471,9 @@ def verdicts(
             "compliance slope lies outside the random sets' intervals by more than the fluency "
             f"change; {rest}"
         )
+        if narrowed:
+            span = ", ".join(f"{a:g}" for a in window or [])
+            overall += f" Judged over the alphas that keep the model fluent: {span}."
     else:
         overall = (
             f"In none of {n} compliance suites does the H-neuron compliance slope lie outside the "
@@ -433,12 +525,13 @@ def _validate(cfg: SteerConfig) -> None:
 
     if not cfg.neurons:
         raise HlensInputError("--neurons: expected a NeuronSet JSON written by hlens find")
-    check_range("--alphas", cfg.alphas, 0, 3)  # the paper's range; alpha = 0 silences
-    if not cfg.alphas:
-        raise HlensInputError("--alphas: expected at least one scale in [0, 3]")
+    if cfg.alphas is not None:
+        check_range("--alphas", cfg.alphas, 0, 3)  # the paper's range; alpha = 0 silences
+        if not cfg.alphas:
+            raise HlensInputError("--alphas: expected at least one scale in [0, 3]")
     check_range("--random-seeds", cfg.random_seeds, 0, integer=True)
     for option, value in (
-        ("--n", cfg.n),
+        ("--n", 1 if cfg.n is None else cfg.n),
         ("--n-biographies", cfg.n_biographies),
         ("--batch-size", cfg.batch_size),
         ("--n-boot", cfg.n_boot),
@@ -474,6 +567,7 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     from hlens.runlock import acquire, check_free, check_settings
     from hlens.sampling import SamplingConfig
     from hlens.suite_registry import (
+        SWEEP_DEFAULTS,
         SuiteContext,
         build_suites,
         default_suites,
@@ -497,6 +591,8 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     model = load_model(cfg.model, device=cfg.device)
     h = load_neurons(cfg.neurons, model)
     kind = model_kind(model)
+    sizes = SWEEP_DEFAULTS[kind]
+    n_questions = sizes["n"] if cfg.n is None else cfg.n
     names = list(dict.fromkeys(cfg.suites)) if cfg.suites else default_suites(model)
     names = with_fluency(names, kind)
     files = resolve_files(names, cfg.suite_files, kind)
@@ -513,13 +609,13 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     sets = {"h_neurons": h}
     for seed in range(cfg.random_seeds):
         sets[f"random_seed{seed}"] = h.layer_matched_random(seed=seed)
-    alphas = [float(a) for a in cfg.alphas]
+    alphas = [float(a) for a in (sizes["alphas"] if cfg.alphas is None else cfg.alphas)]
     max_new = cfg.max_new_tokens
     settings: dict[str, Any] = {
         "model": str(cfg.model),
         "neurons": [[n.layer, n.index] for n in h],
         "n_random": cfg.random_seeds,
-        "n_questions": cfg.n,
+        "n_questions": n_questions,
         "n_biographies": cfg.n_biographies,
         "max_new_tokens": max_new if max_new is not None or kind == "real" else 16,
     }
@@ -535,7 +631,7 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
         check_settings(cfg_path, settings, command="hlens steer")
     with validating("--out", "cells.jsonl written by hlens steer", value=str(cells_path)):
         cells = _read_cells(cells_path, dry=True)
-    ctx = SuiteContext(model, fmt=fmt, qa_fmt=qa_fmt, n=cfg.n, max_new_tokens=max_new,
+    ctx = SuiteContext(model, fmt=fmt, qa_fmt=qa_fmt, n=n_questions, max_new_tokens=max_new,
                        n_biographies=cfg.n_biographies, files=files, cache_dir=out,
                        batch_size=cfg.batch_size)  # fmt: skip
     with torch.no_grad():  # before any intervention (the known questions) and any write
@@ -559,13 +655,20 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
         fluency = fluency_rows(cells, summary, perplexity=ppl, accuracy=acc, sets=list(sets),
                                alphas=alphas)  # fmt: skip
         compliance = [n for n in names if roles[n] == "compliance"]
-        per_suite, overall = verdicts(summary, compliance, acc)
+        window = fluent_alphas(fluency, alphas) if kind == "real" else None
+        judged, fluent_slopes = summary, {}
+        if window is not None and 2 <= len(window) < len(alphas):
+            judged = summarize(cells, list(suites), list(sets), window, n_boot=cfg.n_boot)
+            fluent_slopes = judged["slopes"]
+        per_suite, overall = verdicts(judged, compliance, acc, window=window, alphas=alphas)
         result = SteerResult(
             results=summary["results"],
             slopes=summary["slopes"],
             fluency=fluency,
             verdicts=per_suite,
             verdict=overall,
+            fluent_alphas=window,
+            fluent_slopes=fluent_slopes,
             alphas=alphas,
             sets={k: len(v) for k, v in sets.items()},
             suites={k: v.description for k, v in suites.items()},

@@ -13,7 +13,7 @@ from hlens.examples import Example
 from hlens.interventions import scale_neurons
 from hlens.sampling import SamplingConfig, sample_responses
 from hlens.sources import bundled_triviaqa
-from hlens.sweep import SteerConfig, SteerResult, verdicts
+from hlens.sweep import SteerConfig, SteerResult, fluent_alphas, verdicts
 from tests.test_steer_cli import _count_runs
 
 PROMPTS = ["Where was Ada Vell born?", "What is the capital of France?", "Who wrote Hamlet?"]
@@ -116,6 +116,31 @@ def test_verdicts_either_way():
     assert overall == (
         "In 1 of 2 compliance suites (c) the H-neuron compliance slope lies outside the random "
         "sets' intervals by more than the fluency change; in the others it does not."
+    )
+
+
+def test_fluent_alphas_and_a_verdict_that_needs_a_broken_model():
+    rows = {
+        "h_neurons": {
+            "0": {"perplexity": 218.0, "fluent_share": 0.80, "known_accuracy": 0.45},
+            "0.5": {"perplexity": 150.0, "fluent_share": 0.85, "known_accuracy": 0.9},
+            "1": {"perplexity": 137.0, "fluent_share": 0.90, "known_accuracy": 1.0},
+            "3": {"perplexity": 264.0, "fluent_share": 0.00, "known_accuracy": 0.03},
+        }
+    }
+    assert fluent_alphas(rows, [0.0, 0.5, 1.0, 3.0]) == [0.5, 1.0]
+    assert fluent_alphas({"h_neurons": {"0": rows["h_neurons"]["0"]}}, [0.0]) is None
+    s, a = _slopes(0.3, [0.0, 0.01], acc_h=-0.05)
+    summary = {"slopes": {"c": s, "acc": a}}
+    per, overall = verdicts(summary, ["c"], "acc", window=[1.0], alphas=[0.0, 1.0, 3.0])
+    assert per["c"].startswith("c: NOT A FINDING: only alpha = 1 of the swept 0, 1, 3")
+    assert overall.startswith("NOT A FINDING in any of 1 compliance suites")
+    per, overall = verdicts(summary, ["c"], "acc", window=[0.5, 1.0], alphas=[0.0, 0.5, 1.0])
+    assert per["c"].endswith("(over the fluent alphas 0.5, 1 only).")
+    assert "Judged over the alphas that keep the model fluent: 0.5, 1." in overall
+    # a window that is the whole sweep changes nothing
+    assert verdicts(summary, ["c"], "acc", window=[0.0, 1.0], alphas=[0.0, 1.0]) == verdicts(
+        summary, ["c"], "acc"
     )
 
 
