@@ -391,24 +391,67 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
 # -- steer, explain, origin ---------------------------------------------------------------------
 def _steer_section(s: Mapping[str, Any]) -> str:
     out = [_fig(plots.alpha_sweep(s))]
+    if s.get("verdict"):
+        out.append(f"<p class='verdict'><b>Verdict.</b> {html.escape(str(s['verdict']))}</p>")
+    roles = s.get("roles") or {}
     rows = []
     for suite, by_set in (s.get("slopes") or {}).items():
         hs = by_set.get("h_neurons") or {}
-        ctrl = [v["slope"] for k, v in by_set.items() if k != "h_neurons" and "slope" in v]
-        ctrl_txt = f"{min(ctrl):+.3f} &hellip; {max(ctrl):+.3f} (n={len(ctrl)})" if ctrl else "n/a"
-        rows.append((html.escape(suite), _ci(hs.get("slope"), hs.get("ci"), sign=True), ctrl_txt))
+        ctrl = [v for k, v in by_set.items() if k != "h_neurons" and v.get("slope") is not None]
+        ctrl_txt = (
+            f"{min(v['slope'] for v in ctrl):+.3f} &hellip; {max(v['slope'] for v in ctrl):+.3f} "
+            f"(n={len(ctrl)})"
+            if ctrl
+            else "n/a"
+        )
+        cells = ((s.get("results") or {}).get(suite) or {}).get("h_neurons") or {}
+        trunc = [
+            c.get("truncated_share") for c in cells.values() if c.get("truncated_share") is not None
+        ]
+        unp = [
+            c.get("unparsed_share") for c in cells.values() if c.get("unparsed_share") is not None
+        ]
+        shares = (
+            f"{min(trunc):.2f}&ndash;{max(trunc):.2f} / {min(unp):.2f}&ndash;{max(unp):.2f}"
+            if trunc and unp
+            else "n/a"
+        )
+        rows.append(
+            (
+                html.escape(suite) + (" (fluency)" if roles.get(suite) == "fluency" else ""),
+                _ci(hs.get("slope"), hs.get("ci"), sign=True),
+                ctrl_txt,
+                shares,
+            )
+        )
     if rows:
         out.append(
             _table(
-                rows, ["suite", "H-neuron slope per unit alpha [95% CI]", "control slopes (range)"]
+                rows,
+                [
+                    "suite",
+                    "H-neuron slope per unit alpha [95% CI]",
+                    "random-set slopes (range)",
+                    "truncated / unparsed share (H-neuron cells)",
+                ],
             )
         )
+    out.append(_fluency_table(s))
+    verdicts = s.get("verdicts") or {}
+    if verdicts:
+        out.append(
+            "<ul>" + "".join(f"<li>{html.escape(str(v))}</li>" for v in verdicts.values()) + "</ul>"
+        )
     desc = s.get("suites") or {}
+    lic = s.get("licences") or {}
     if desc:
         out.append(
             "<ul>"
             + "".join(
-                f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in desc.items()
+                f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}"
+                + (f" <i>({html.escape(str(lic[k]))})</i>" if k in lic else "")
+                + "</li>"
+                for k, v in desc.items()
             )
             + "</ul>"
         )
@@ -417,11 +460,39 @@ def _steer_section(s: Mapping[str, Any]) -> str:
             "Every H-neuron's activation is multiplied by alpha while the model answers each "
             "suite (alpha = 1 is the unchanged model, 0 silences them). Red: the H-neurons with a "
             "95% bootstrap band over questions; grey: layer-matched random neuron sets of the "
-            "same size. A causal role shows as an H-neuron slope whose interval excludes 0 and "
-            "the controls' slopes."
+            "same size. A specific causal role shows as an H-neuron compliance slope outside the "
+            "random sets' intervals, larger than the change in fluency (perplexity, known-answer "
+            "accuracy) that the same scaling causes."
         )
     )
     return "".join(out)
+
+
+def _fluency_table(s: Mapping[str, Any]) -> str:
+    """Perplexity, fluent share and known accuracy per alpha: H-neurons vs the random mean."""
+    flu = s.get("fluency") or {}
+    h = flu.get("h_neurons") or {}
+    if not h:
+        return ""
+    rand = [v for k, v in flu.items() if k != "h_neurons"]
+
+    def mean(key: str, alpha: str) -> float | None:
+        xs = [r[alpha][key] for r in rand if r.get(alpha, {}).get(key) is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    rows = []
+    for alpha, row in h.items():
+        rows.append(
+            (
+                html.escape(alpha),
+                f"{_num(row.get('perplexity'), 1)} ({_num(mean('perplexity', alpha), 1)})",
+                f"{_num(row.get('fluent_share'), 2)} ({_num(mean('fluent_share', alpha), 2)})",
+                f"{_num(row.get('known_accuracy'), 2)} ({_num(mean('known_accuracy', alpha), 2)})",
+            )
+        )
+    return "<h3>Fluency at each alpha: H-neurons (random sets' mean)</h3>" + _table(
+        rows, ["alpha", "perplexity of held-out text", "fluent, parseable share", "known accuracy"]
+    )
 
 
 def _explain_section(run: Path) -> str | None:
@@ -445,6 +516,7 @@ def _explain_section(run: Path) -> str | None:
                     html.escape(" ".join(repr(t["token"]) for t in (c.get("promoted") or [])[:5])),
                     _ci(st.get("effect_size"), [st["ci_low"], st["ci_high"]] if st else None, 2),
                     html.escape(", ".join(f"{k} {v:+.3g}" for k, v in delta.items())) or "n/a",
+                    html.escape(_corr_text(c.get("correlations") or {})) or "n/a",
                     html.escape(
                         f"{drv['kind']} L{drv['layer']}.{drv['index']} ({drv['score']:+.3g})"
                     )
@@ -461,6 +533,7 @@ def _explain_section(run: Path) -> str | None:
                     "promotes",
                     "Cohen's d [95% CI]",
                     "zero-ablation change",
+                    "Spearman with label / length / confidence",
                     "top driver",
                 ],
             )
@@ -470,14 +543,70 @@ def _explain_section(run: Path) -> str | None:
                 "One row per neuron. <b>Promotes</b>: tokens its output direction raises most. "
                 "<b>Cohen's d</b>: hallucinated minus faithful mean activation over answer "
                 "tokens, in pooled standard deviations. <b>Zero-ablation</b>: the change in each "
-                "metric with the neuron silenced. <b>Top driver</b>: the upstream neuron or head "
-                "with the largest attribution to it."
+                "metric with the neuron silenced. <b>Spearman</b>: rank correlation of its mean "
+                "answer-token activation with the label (hallucinated = 1), the answer length in "
+                "tokens and the model's mean answer log-prob; a neuron that tracks length or "
+                "confidence more than the label is a confound, not a hallucination detector. "
+                "<b>Top driver</b>: the upstream neuron or head with the largest attribution to "
+                "it."
             )
         )
         topk = _cards_topk(cards)
         if topk is not None:
             out.append("<h3>Top-activating examples</h3>" + topk.body_html())
-    if summary.get("atp_vs_exact"):
+    together = summary.get("ablation_all")
+    if together:
+        out.append(f"<h3>Zero-ablating all {together['n_neurons']} H-neurons at once</h3>")
+        out.append(
+            _table(
+                [
+                    (
+                        html.escape(k),
+                        _num(together["baseline"].get(k)),
+                        _num(together["ablated"].get(k)),
+                        _num(v, sign=True),
+                    )
+                    for k, v in together["delta"].items()
+                ],
+                ["metric", "unablated", "ablated", "change"],
+            )
+        )
+    agree = summary.get("atp_vs_exact")
+    if agree and "n_neurons" in agree:
+        hn = agree.get("h_neurons") or {}
+        out.append("<h3>Attribution patching against exact patching</h3>")
+        out.append(
+            _table(
+                [
+                    (
+                        "all sampled neurons",
+                        agree["n"],
+                        _num(agree["pearson"]),
+                        _num(agree["spearman"]),
+                        f"{agree['top_overlap']:.2f} (top {agree['top']})",
+                    ),
+                    (
+                        "H-neurons only",
+                        hn.get("n"),
+                        _num(hn.get("pearson")),
+                        _num(hn.get("spearman")),
+                        f"{hn.get('top_overlap', 0):.2f} (top {hn.get('top')})",
+                    ),
+                ],
+                ["neurons", "n", "Pearson", "Spearman", "top overlap"],
+            )
+        )
+        out.append(
+            _how(
+                f"{agree['n_random']} neurons drawn at random from {agree['of_neurons']} plus "
+                "every H-neuron, each patched alone at the last prompt token on "
+                f"{agree['n_pairs']} (faithful, hallucinated) prompt pairs cut before the answer; "
+                "the metric is the logit of the faithful answer's first token minus the "
+                "hallucinated one's. Exact: "
+                f"{agree['exact_seconds']} s; attribution patching: {agree['atp_seconds']} s."
+            )
+        )
+    elif agree:
         out.append("<h3>Attribution vs exact patching</h3>")
         out.append(
             _table(
@@ -499,6 +628,11 @@ def _explain_section(run: Path) -> str | None:
         r = PatchResult.load(p.with_suffix(""))
         out.append(f"<h3>{html.escape(p.stem)}</h3>" + effects_view(r).body_html())
     return "".join(out)
+
+
+def _corr_text(corr: Mapping[str, float]) -> str:
+    keys = (("hallucinated", "label"), ("span_tokens", "length"), ("answer_logprob", "conf."))
+    return ", ".join(f"{name} {corr[k]:+.2f}" for k, name in keys if corr.get(k) is not None)
 
 
 def _is_patch(p: Path) -> bool:

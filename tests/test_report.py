@@ -276,3 +276,40 @@ def test_report_with_model_views(tmp_path, llama, checkpoint_dir, monkeypatch):
         assert f"CircuitsVis.{comp}" in text
     assert "Where was Ed Quill born?" in text  # a test question is shown
     assert text.count("data:image/png;base64,") >= 3  # per layer, C path, ROC
+
+
+def test_steer_fluency_verdict_and_explain_agreement_are_shown(tmp_path):
+    run = make_run(tmp_path / "run", find=False, origin=False)
+    s = json.loads((run / "steer" / "summary.json").read_text())
+    s["fluency"] = {
+        "h_neurons": {"0": {"perplexity": 183.2, "fluent_share": 0.61, "known_accuracy": 0.42}},
+        "random_seed0": {"0": {"perplexity": 131.5, "fluent_share": 0.88, "known_accuracy": 0.97}},
+    }
+    s["verdict"] = "In 1 of 1 compliance suites (false_premise) the slope lies outside."
+    s["verdicts"] = {"false_premise": "false_premise: lies above the random sets' interval."}
+    s["licences"] = {"false_premise": "MIT; shipped"}
+    (run / "steer" / "summary.json").write_text(json.dumps(s))
+    cards = json.loads((run / "explain" / "cards.json").read_text())
+    cards[0]["correlations"] = {"hallucinated": 0.31, "span_tokens": -0.07, "answer_logprob": 0.12}
+    (run / "explain" / "cards.json").write_text(json.dumps(cards))
+    agree = {
+        "pearson": 0.9936, "spearman": 0.9925, "top_overlap": 0.96, "top": 50, "n": 2034,
+        "n_pairs": 8, "n_neurons": 2034, "n_random": 2000, "n_h_neurons": 34,
+        "of_neurons": 46080, "exact_seconds": 25.1, "atp_seconds": 2.9,
+        "h_neurons": {"pearson": 0.9735, "spearman": 0.9465, "top_overlap": 1.0, "top": 34,
+                      "n": 34},
+    }  # fmt: skip
+    together = {
+        "n_neurons": 34,
+        "baseline": {"perplexity": 127.7},
+        "ablated": {"perplexity": 197.4},
+        "delta": {"perplexity": 69.7},
+    }
+    (run / "explain" / "summary.json").write_text(
+        json.dumps({"atp_vs_exact": agree, "ablation_all": together})
+    )
+    text = build_report(run, views=False)
+    for part in ("183.2 (131.5)", "0.42 (0.97)", "In 1 of 1 compliance suites", "MIT; shipped",
+                 "label +0.31", "length -0.07", "conf. +0.12", "0.994", "0.947", "2000 neurons",
+                 "all 34 H-neurons at once", "+69.700", "truncated / unparsed"):  # fmt: skip
+        assert part in text, part
