@@ -135,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
                 for k, v in by_set.items()
             )
             print(f"{suite}: slope per unit alpha: {line}")
+        if result.fluent_alphas is not None:
+            kept = ", ".join(f"{a:g}" for a in result.fluent_alphas) or "none"
+            print(f"alphas that keep the model fluent with the H-neurons scaled: {kept}")
         print(result.verdict)
         print(f"wrote {out / 'summary.json'} and {out / 'steer.png'} in {result.wall_s} s")
     return 0

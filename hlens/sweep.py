@@ -39,6 +39,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_ALPHAS",
     "FLUENT_SHARE_KEEP",
+    "MAX_UNPARSED",
     "PERPLEXITY_MAX_RATIO",
     "SteerConfig",
     "SteerResult",
@@ -55,6 +56,9 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 FLUENT_SHARE_KEEP = 0.8
 #: ... and its perplexity on held-out text at most this multiple of the unsteered model's
 PERPLEXITY_MAX_RATIO = 1.25
+#: a suite whose rule labeller leaves more than this share of the unsteered model's answers
+#: ``unparsed`` gets no verdict: its rates are about the few answers the rule can read
+MAX_UNPARSED = 0.5
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -376,10 +380,22 @@ def verdicts(
     With ``window`` (the alphas that keep the model fluent, :func:`fluent_alphas`, out of the
     swept ``alphas``), ``summary["slopes"]`` must hold the slopes over the window; when the window
     is narrower than the sweep the sentences say so, and with fewer than two fluent alphas no
-    suite counts: every change comes with a broken model (NOT A FINDING).
+    suite counts: every change comes with a broken model (NOT A FINDING). A suite whose labeller
+    leaves more than :data:`MAX_UNPARSED` of the unsteered answers unparsed gets no verdict.
     """
     slopes = summary["slopes"]
     narrowed = window is not None and alphas is not None and len(window) < len(alphas)
+    unreadable: dict[str, str] = {}
+    for suite in compliance:
+        cell = ((summary.get("results") or {}).get(suite) or {}).get("h_neurons", {}).get("1")
+        share = (cell or {}).get("unparsed_share")
+        if share is not None and share > MAX_UNPARSED:
+            unreadable[suite] = (
+                f"{suite}: no verdict: the rule labeller leaves {share:.0%} of the unsteered "
+                "model's answers unparsed, so its rates rest on the few it can read (use a judge "
+                "that reads this model's answers)."
+            )
+    compliance = [c for c in compliance if c not in unreadable]
     if window is not None and len(window) < 2:
         only = ", ".join(f"{a:g}" for a in window) or "none"
         why = (
@@ -392,12 +408,16 @@ def verdicts(
             s: f"{s}: NOT A FINDING: {why}, so no change in compliance can be told apart from the "
             "loss of fluency."
             for s in compliance
-        }
+        } | unreadable
+        swept = list(alphas or [])
+        below = max((a for a in swept if a < 1), default=0.0)
+        above = min((a for a in swept if a > 1), default=2.0)
         overall = (
             f"NOT A FINDING in any of {len(compliance)} compliance suites: {why}; every change in "
-            "compliance comes with a broken model. Sweep alphas nearer 1 (e.g. 0.5 and 1.5)."
+            "compliance comes with a broken model. Sweep alphas nearer 1 (e.g. "
+            f"--alphas {(1 + below) / 2:g} 1 {(1 + above) / 2:g})."
         )
-        return per, overall
+        return per, _with_unreadable(overall, unreadable, compliance)
 
     def excess(suite: str) -> tuple[float | None, list[dict[str, Any]]]:
         by_set = slopes[suite]
@@ -480,7 +500,15 @@ def verdicts(
             "random sets' intervals by more than the fluency change: no specific effect of "
             "scaling the H-neurons on compliance."
         )
-    return out, overall
+    return out | unreadable, _with_unreadable(overall, unreadable, compliance)
+
+
+def _with_unreadable(overall: str, unreadable: dict[str, str], judged: Sequence[str]) -> str:
+    if not unreadable:
+        return overall
+    names = ", ".join(unreadable)
+    note = f"No verdict for {names}: the rule labels leave most unsteered answers unparsed."
+    return note if not judged else f"{overall} {note}"
 
 
 def _nan(x: float | None) -> float:

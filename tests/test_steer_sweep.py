@@ -138,6 +138,11 @@ def test_fluent_alphas_and_a_verdict_that_needs_a_broken_model():
     per, overall = verdicts(summary, ["c"], "acc", window=[0.5, 1.0], alphas=[0.0, 0.5, 1.0])
     assert per["c"].endswith("(over the fluent alphas 0.5, 1 only).")
     assert "Judged over the alphas that keep the model fluent: 0.5, 1." in overall
+    # a suite the rule labeller cannot read gets no verdict, whatever its slope
+    unread = {"results": {"c": {"h_neurons": {"1": {"unparsed_share": 0.94}}}}, **summary}
+    per, overall = verdicts(unread, ["c"], "acc", window=[0.5, 1.0], alphas=[0.5, 1.0])
+    assert per["c"].startswith("c: no verdict: the rule labeller leaves 94%")
+    assert overall.startswith("No verdict for c")
     # a window that is the whole sweep changes nothing
     assert verdicts(summary, ["c"], "acc", window=[0.0, 1.0], alphas=[0.0, 1.0]) == verdicts(
         summary, ["c"], "acc"
