@@ -146,3 +146,31 @@ class PeakMemory:
 
 def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1))
+
+
+def load_known(name: str) -> Any:
+    """``hlens.load(name)`` on the CPU when hlens knows the model and its packages are installed
+    (the converted checkpoint is cached); else ``None``."""
+    try:
+        from hlens.zoo import get_known, missing_packages
+    except ImportError:
+        return None
+    entry = get_known(name)
+    if entry is None or missing_packages(entry):
+        return None
+    import hlens
+
+    return hlens.load(name, device="cpu")
+
+
+def liblinear_l1(X: Any, y: Any, C: float, tol: float, class_weight: Any, seed: int = 0):
+    """scikit-learn's liblinear L1 logistic regression fitted on ``(X, y)``, and its seconds:
+    the reference the torch probe solver is checked against."""
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
+    m = LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", tol=tol, max_iter=100_000,
+                           class_weight=class_weight, random_state=seed).fit(X, y)  # fmt: skip
+    return m, time.perf_counter() - t0

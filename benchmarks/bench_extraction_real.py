@@ -42,16 +42,11 @@ REGIONS = ("answer", "all_except_answer")
 def _checkpoint(name: str) -> Path | None:
     """The float32 checkpoint ``hlens.load(name)`` boots from (converted once), or ``None``
     when the model's packages are not installed."""
-    try:
-        from hlens.zoo import get_known, missing_packages
-    except ImportError:
-        return None
-    entry = get_known(name)
-    if entry is None or missing_packages(entry):
-        return None
-    import hlens
+    from benchmarks._common import load_known
 
-    m = hlens.load(name, device="cpu")
+    m = load_known(name)
+    if m is None:
+        return None
     path = getattr(m, "checkpoint", None) or getattr(m.hf_model, "name_or_path", None)
     del m
     return Path(path) if path and (Path(path) / "config.json").exists() else None

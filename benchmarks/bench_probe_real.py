@@ -42,11 +42,12 @@ def run(quick: bool = True) -> dict[str, Any]:
             "skipped": f"no finished hlens find run at {run_dir} (missing {missing}); set "
             "HLENS_BENCH_RUN to a run directory"
         }
+    import importlib
+
     import torch
-    from sklearn.linear_model import LogisticRegression
     from sklearn.utils.class_weight import compute_class_weight
 
-    import importlib
+    from benchmarks._common import liblinear_l1
 
     F = importlib.import_module("hlens.find")  # the module (hlens.find is also a function)
     from hlens.features import FeatureStore
@@ -116,17 +117,7 @@ def run(quick: bool = True) -> dict[str, Any]:
     sw = cw[y] if cfg.class_weight is not None else None
     lib: dict[str, Any] = {}
     for tol in (1e-8, probe.tol):
-        t0 = time.perf_counter()
-        m = LogisticRegression(
-            l1_ratio=1.0,
-            C=C,
-            solver="liblinear",
-            tol=tol,
-            max_iter=100_000,
-            class_weight=cfg.class_weight,
-            random_state=cfg.seed,
-        ).fit(Xn, y)
-        lib[tol] = (m, time.perf_counter() - t0)
+        lib[tol] = liblinear_l1(Xn, y, C, tol, cfg.class_weight, cfg.seed)
     ref, ref_s = lib[1e-8]
     kw = dict(C=C, sample_weight=sw)
     obj_torch = logistic_objective(Xn, y, probe.coef_[0], float(probe.intercept_[0]), **kw)

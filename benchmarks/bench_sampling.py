@@ -100,17 +100,10 @@ def _load_gguf(path: Path):
 def _known(name: str):
     """``hlens.load(name)``'s Hugging Face model and tokenizer, when hlens knows the model and
     its packages are installed (the converted checkpoint is cached); else ``None``."""
-    try:
-        from hlens.zoo import get_known, missing_packages
-    except ImportError:
-        return None
-    entry = get_known(name)
-    if entry is None or missing_packages(entry):
-        return None
-    import hlens
+    from benchmarks._common import load_known
 
-    m = hlens.load(name, device="cpu")
-    return m.hf_model.eval(), m.tokenizer
+    m = load_known(name)
+    return None if m is None else (m.hf_model.eval(), m.tokenizer)
 
 
 def _smollm2():

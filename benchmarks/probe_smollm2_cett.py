@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+
+from benchmarks._common import liblinear_l1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,16 +64,8 @@ def main() -> None:
         C = mult * c_min(X, y, "balanced")
         lib = {}
         for tol in (1e-4, 1e-8):
-            t0 = time.perf_counter()
-            m = LogisticRegression(
-                l1_ratio=1.0,
-                C=C,
-                solver="liblinear",
-                tol=tol,
-                max_iter=100_000,
-                class_weight="balanced",
-            ).fit(X, y)
-            lib[tol] = (time.perf_counter() - t0, m.coef_[0].astype(np.float64), m.intercept_[0])
+            m, secs = liblinear_l1(X, y, C, tol, "balanced")
+            lib[tol] = (secs, m.coef_[0].astype(np.float64), m.intercept_[0])
         f_ref = logistic_objective(X, y, lib[1e-8][1], float(lib[1e-8][2]), C=C, sample_weight=sw)
         for name, mod in mods:
             t0 = time.perf_counter()

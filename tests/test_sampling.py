@@ -19,20 +19,32 @@ def tok():
     return build_tokenizer(World(WorldConfig(people_per_level=4, n_idk=2, n_nonexist=2)))
 
 
-def _tiny_llama(tok):
+def _tiny_llama(tok, heads: int = 2, attn: str | None = None):
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=2,
+        num_attention_heads=heads,
         num_key_value_heads=2,
         max_position_embeddings=128,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
     )
+    if attn is not None:
+        cfg._attn_implementation = attn
     return LlamaForCausalLM(cfg).eval()
+
+
+def _likely_eos(m, tok):
+    """Sharpen ``m`` and make its EOS likely, so that rows finish at different steps."""
+    with torch.no_grad():
+        m.lm_head.weight.mul_(4)
+        for t in range(len(tok.all_special_ids) + 1):
+            m.lm_head.weight[t] = 0.0
+        m.lm_head.weight[tok.eos_token_id] = m.lm_head.weight[100:110].mean(0) * 6
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -316,13 +328,7 @@ CHAT_IDS = [f"c{i}" for i in range(len(CHAT))]
 def eos_model(tok):
     """The fixture model with a likelier EOS, so that rows finish at different steps."""
     torch.manual_seed(1)
-    m = _tiny_llama(tok)
-    with torch.no_grad():
-        m.lm_head.weight.mul_(4)
-        for t in range(len(tok.all_special_ids) + 1):
-            m.lm_head.weight[t] = 0.0
-        m.lm_head.weight[tok.eos_token_id] = m.lm_head.weight[100:110].mean(0) * 6
-    return m
+    return _likely_eos(_tiny_llama(tok), tok)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -484,26 +490,7 @@ def gqa_model(tok):
     """An eager tiny Llama with grouped-query attention (4 query heads, 2 key/value heads) and
     a likely EOS: the model the fast path's preallocated cache and attention are built for."""
     torch.manual_seed(3)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    cfg._attn_implementation = "eager"
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(4)
-        for t in range(len(tok.all_special_ids) + 1):
-            m.lm_head.weight[t] = 0.0
-        m.lm_head.weight[tok.eos_token_id] = m.lm_head.weight[100:110].mean(0) * 6
-    return m
+    return _likely_eos(_tiny_llama(tok, heads=4, attn="eager"), tok)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
