@@ -2,7 +2,7 @@
 # One entry point for people and CI. Creates (or reuses) .venv, installs the CPU build of torch
 # first (a bare `torch` requirement would pull a multi-GB CUDA build), then hlens with its dev extra.
 #
-#   ./dev.sh demo           # hlens find, explain and report on SmolLM2-135M-Instruct -> runs/smollm2
+#   ./dev.sh demo           # hlens find, steer, explain and report on SmolLM2-135M-Instruct -> runs/smollm2
 #   ./dev.sh demo --quick   # every command on the bundled organism -> runs/organism (minutes)
 #   ./dev.sh test   # ruff + the whole test suite (unit, organism, doctests, notebooks, benchmark smoke)
 #
@@ -55,9 +55,10 @@ case "${1:-}" in
     else
       # a real model, offline: SmolLM2-135M-Instruct on the 3,500 TriviaQA questions
       RUN=runs/smollm2
+      # find (about 20 min on 2 cores), steer (15), explain (5): within 40 minutes
       hlens find --model smollm2-135m-instruct --out "$RUN"
-      hlens explain --model smollm2-135m-instruct --neurons "$RUN/h_neurons.json" \
-        --examples "$RUN/examples.jsonl" --out "$RUN/explain"
+      hlens steer --model smollm2-135m-instruct --neurons "$RUN/h_neurons.json" --out "$RUN/steer"
+      hlens explain --model smollm2-135m-instruct --neurons "$RUN/h_neurons.json" --out "$RUN/explain"
       hlens report "$RUN"
     fi
     ;;
