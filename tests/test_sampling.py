@@ -331,18 +331,23 @@ def eos_model(tok):
     return _likely_eos(_tiny_llama(tok), tok)
 
 
+def _equal_to_reference(model, tok, temperature, batch_size, monkeypatch):
+    """hlens's token ids on the chat and plain prompts equal the reference decoder's."""
+    prompts, ids = CHAT + PROMPTS, CHAT_IDS + IDS
+    cfg = SamplingConfig(
+        n_samples=3, temperature=temperature, max_new_tokens=12, seed=2, batch_size=batch_size
+    )
+    want = _reference(model, tok, prompts, ids, cfg)
+    assert _ids_of(model, tok, prompts, ids, cfg, monkeypatch) == want
+    return want
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("batch_size", [2, 64])
 def test_token_ids_equal_the_reference_decoder(
     eos_model, tok, monkeypatch, temperature, batch_size
 ):
-    prompts, ids = CHAT + PROMPTS, CHAT_IDS + IDS
-    cfg = SamplingConfig(
-        n_samples=3, temperature=temperature, max_new_tokens=12, seed=2, batch_size=batch_size
-    )
-    got = _ids_of(eos_model, tok, prompts, ids, cfg, monkeypatch)
-    want = _reference(eos_model, tok, prompts, ids, cfg)
-    assert got == want
+    want = _equal_to_reference(eos_model, tok, temperature, batch_size, monkeypatch)
     lengths = {len(g) for rows in want for g, _ in rows}
     assert len(lengths) > 3  # rows finished at different steps: pruning was exercised
     assert any(t for rows in want for _, t in rows) and not all(t for rows in want for _, t in rows)
@@ -501,13 +506,7 @@ def test_fast_path_equals_the_reference_decoder(
     fast = S._fast_model(gqa_model)
     assert fast is not gqa_model and fast._hlens_kv_heads == (2, 2, 8)
     assert gqa_model.model.layers[0].self_attn.config._attn_implementation == "eager"
-    prompts, ids = CHAT + PROMPTS, CHAT_IDS + IDS
-    cfg = SamplingConfig(
-        n_samples=3, temperature=temperature, max_new_tokens=12, seed=2, batch_size=batch_size
-    )
-    got = _ids_of(gqa_model, tok, prompts, ids, cfg, monkeypatch)
-    want = _reference(gqa_model, tok, prompts, ids, cfg)
-    assert got == want
+    want = _equal_to_reference(gqa_model, tok, temperature, batch_size, monkeypatch)
     assert len({len(g) for rows in want for g, _ in rows}) > 3  # rows finished at different steps
 
 
