@@ -52,6 +52,7 @@ from torch import Tensor
 from hlens.cache import right_align_batch
 from hlens.neurons import NeuronId, NeuronSet
 from hlens.prompts import TokenBatch
+from hlens.sampling import _cache_of, _forward_kwargs
 
 __all__ = [
     "DIRECTIONS",
@@ -489,8 +490,6 @@ class _LastToken:
     """
 
     def __init__(self, model: Any, batch: TokenBatch, metric: Metric) -> None:
-        import inspect
-
         lengths = batch.attention_mask.sum(1).long()
         if int(lengths.min()) < 2:
             raise ValueError("patch_at='last' needs prompts of at least 2 tokens")
@@ -505,13 +504,11 @@ class _LastToken:
         self.pos = (self.mask.cumsum(1) - 1).clamp(min=0)
         self.model, self.metric, self.n, self.width = model, metric, n, w
         self.last = (lengths - 1).to(model.device)
-        params = inspect.signature(model.hf_model.forward).parameters
-        self.kw = "cache" if "cache" in params else "past_key_values"  # newer transformers
+        self.kw = _forward_kwargs(model.hf_model)[0]  # "cache" in newer transformers
         with torch.no_grad():
             out = model.hf_model(input_ids=self.tokens[:, :-1], attention_mask=self.mask[:, :-1],
                                  position_ids=self.pos[:, :-1], use_cache=True)  # fmt: skip
-        got = out.get("cache") if hasattr(out, "get") else None
-        self.cache = got if got is not None else out.past_key_values
+        self.cache = _cache_of(out)
 
     def at_last(self, act: Tensor) -> Tensor:
         """``[n, pos, ...]`` activations of the right-padded batch at each last token."""
