@@ -415,14 +415,14 @@ def _correlations(
     means: Tensor, data: Sequence[Any], controls: Mapping[str, Sequence[float]]
 ) -> list[dict[str, float]]:
     """Per neuron, Spearman's rho of its region mean with each control (and the label)."""
-    cols = {k: torch.as_tensor(list(v), dtype=torch.double) for k, v in controls.items()}
-    for k, v in cols.items():
+    for k, v in controls.items():
         if len(v) != len(data):
             raise ValueError(f"control {k!r} has {len(v)} values for {len(data)} examples")
+    cols: dict[str, Tensor] = {}
     labels = [getattr(x, "label", None) for x in data]
     if all(lab in ("faithful", "hallucinated") for lab in labels):
-        cols = {"hallucinated": torch.tensor([lab == "hallucinated" for lab in labels]).double()}
-        cols |= {k: torch.as_tensor(list(v), dtype=torch.double) for k, v in controls.items()}
+        cols["hallucinated"] = torch.tensor([lab == "hallucinated" for lab in labels]).double()
+    cols |= {k: torch.as_tensor(list(v), dtype=torch.double) for k, v in controls.items()}
     return [{k: _spearman(means[:, j], v) for k, v in cols.items()} for j in range(means.shape[1])]
 
 
