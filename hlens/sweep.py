@@ -34,7 +34,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from hlens.features import _atomic_write_text
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -61,12 +63,6 @@ PERPLEXITY_MAX_RATIO = 1.25
 MAX_UNPARSED = 0.5
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _strict(cls: type, d: Any, what: str) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(d).__name__}")
@@ -77,8 +73,34 @@ def _strict(cls: type, d: Any, what: str) -> dict[str, Any]:
     return d
 
 
+_T = TypeVar("_T", bound="_JsonFile")
+
+
+class _JsonFile:
+    """JSON for the dataclasses below: ``to_dict`` (NaN as ``null``), ``from_dict`` (unknown
+    fields raise ``ValueError``), ``save`` (atomic) and ``load``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (NaN as ``null``)."""
+        return _clean(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_T], d: dict[str, Any]) -> _T:
+        """The object of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
+        return cls(**_strict(cls, d, cls.__name__))
+
+    def save(self, path: str | Path) -> None:
+        """Write the object as JSON, atomically."""
+        _atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls: type[_T], path: str | Path) -> _T:
+        """Read a file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass
-class SteerConfig:
+class SteerConfig(_JsonFile):
     """What a steering sweep runs.
 
     Attributes:
@@ -120,27 +142,9 @@ class SteerConfig:
     device: str | None = None
     progress: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SteerConfig:
-        """The config of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
-        return cls(**_strict(cls, d, "SteerConfig"))
-
-    def save(self, path: str | Path) -> None:
-        """Write the config as JSON, atomically."""
-        _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> SteerConfig:
-        """Read a config written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
 
 @dataclass
-class SteerResult:
+class SteerResult(_JsonFile):
     """A finished sweep: what ``summary.json`` holds.
 
     Attributes:
@@ -182,24 +186,6 @@ class SteerResult:
     settings: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (NaN as ``null``)."""
-        return _clean(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SteerResult:
-        """The result of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
-        return cls(**_strict(cls, d, "SteerResult"))
-
-    def save(self, path: str | Path) -> None:
-        """Write ``summary.json``, atomically."""
-        _atomic_write(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> SteerResult:
-        """Read a ``summary.json`` written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 # ----------------------------------------------------------------------------- cells
