@@ -831,6 +831,8 @@ def run(args: argparse.Namespace) -> int:
             f"Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, "
             f"top-{a['top']} overlap {a['top_overlap']:.2f}"
         )
+    if "atp_vs_exact_skipped" in summary:
+        print(f"AtP vs exact patching skipped: {summary['atp_vs_exact_skipped']}")
     print(f"wrote {len(cards)} report cards to {out} in {summary['seconds']} s")
     return 0
 
