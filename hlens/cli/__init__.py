@@ -31,7 +31,7 @@ __all__ = ["COMMANDS", "main"]
 #: subcommand -> (module, help). The module defines ``add_arguments(parser)`` and ``run(args)``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "find": ("hlens.find", "identify H-neurons: sample, judge, balance, CETT, sparse probe"),
-    "features": ("hlens.features", "CETT features for examples (data-parallel under torchrun)"),
+    "features": ("hlens.cli.features", "CETT features for examples (data-parallel under torchrun)"),
     "steer": ("hlens.steer_cli", "scale neurons while generating; sweep alpha against controls"),
     "explain": (
         "hlens.explain",
