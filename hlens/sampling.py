@@ -428,6 +428,17 @@ def _length_groups(lengths: list[int], overhead: int = 48) -> list[list[int]]:
 _MIN_PREFIX = 4
 
 
+def _common_prefix(prompt_ids: Sequence[Sequence[int]], minimum: int = _MIN_PREFIX) -> int:
+    """The length of the longest token prefix common to every prompt that leaves at least one
+    token of each, or 0 when it is shorter than ``minimum`` (CETT extraction shares it too)."""
+    shortest = min(len(p) for p in prompt_ids)
+    first = prompt_ids[0]
+    n = 0
+    while n < shortest - 1 and all(p[n] == first[n] for p in prompt_ids):
+        n += 1
+    return n if n >= minimum else 0
+
+
 class _Prefix:
     """Token ids common to every prompt of a call, encoded once; its KV cache is copied per batch.
 
@@ -439,12 +450,9 @@ class _Prefix:
     def __init__(self, model, prompt_ids: list[list[int]], fwd: dict[str, Any]) -> None:
         self.ids: list[int] = []
         self.cache = None
-        shortest = min(len(p) for p in prompt_ids)
         first = prompt_ids[0]
-        n = 0
-        while n < shortest - 1 and all(p[n] == first[n] for p in prompt_ids):
-            n += 1
-        if n < _MIN_PREFIX:
+        n = _common_prefix(prompt_ids)
+        if n == 0:
             return
         device = next(model.parameters()).device
         ids = torch.tensor([first[:n]], dtype=torch.long, device=device)
