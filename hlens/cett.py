@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from hlens.model import Model
+
 __all__ = ["aggregate_region", "cett", "cett_from_parts"]
 
 
@@ -36,22 +38,42 @@ def cett_from_parts(
     use_abs: bool = True,
     use_mag: bool = True,
     eps: float = 1e-8,
+    out: Float[Tensor, "*batch d_mlp"] | None = None,
 ) -> Float[Tensor, "*batch d_mlp"]:
     """CETT from activations ``z``, output norms ``||h||`` and weight norms ``||W_out[j]||``.
+
+    The one statement of the formula in hlens (streaming extraction calls it too). ``out``: write
+    the scores into this tensor (the activations' shape, any floating dtype, e.g. float32 scores
+    of bfloat16 activations) instead of new memory, and return it; ``activations`` is never
+    changed. The numbers are the same either way.
 
     Example:
         >>> z = torch.tensor([[-2.0, 1.0]])
         >>> cett_from_parts(z, torch.tensor([4.0]), torch.tensor([1.0, 2.0]))
         tensor([[0.5000, 0.5000]])
     """
-    x = activations.abs() if use_abs else activations
+    if out is None:
+        x = activations.abs() if use_abs else activations
+        if use_mag:
+            x = x * w_out_norms.to(x.dtype)
+        return x / (mlp_out_norm.to(x.dtype).unsqueeze(-1) + eps)
+    if out.shape != activations.shape:
+        raise ValueError(
+            f"out has shape {tuple(out.shape)}, the activations {tuple(activations.shape)}"
+        )
+    if use_abs and out.dtype == activations.dtype:
+        torch.abs(activations, out=out)
+    else:
+        out.copy_(activations)
+        if use_abs:
+            out.abs_()
     if use_mag:
-        x = x * w_out_norms.to(x.dtype)
-    return x / (mlp_out_norm.to(x.dtype).unsqueeze(-1) + eps)
+        out.mul_(w_out_norms.to(out.dtype))
+    return out.div_(mlp_out_norm.to(out.dtype).unsqueeze(-1) + eps)
 
 
 def cett(
-    model: Any,
+    model: Model,
     tokens: Any,
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,

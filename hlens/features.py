@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -34,8 +36,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hlens._version import __version__
-from hlens.cache import neuron_hooks, run_forward
+from hlens.cache import _StopForward, neuron_hooks, run_forward
+from hlens.cett import cett_from_parts
 from hlens.examples import Example
+from hlens.model import Model
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
 
 __all__ = [
@@ -115,43 +119,262 @@ class CETTConfig:
         }
 
 
+@dataclass
+class _SharedPrefix:
+    """The token ids every example of an extraction starts with, computed once.
+
+    Attributes:
+        ids: the shared token ids (at least one token of every example follows them).
+        cache: their KV cache at batch size 1 (a ``transformers`` Cache; the layers up to the
+            last needed one are filled).
+        parts: per region, one ``[pattern, layer, d_mlp]`` tensor: the prefix's CETT summed
+            (``mean``) or maxed (``max``) over the prefix tokens of each region mask pattern.
+        counts: per region, the number of prefix tokens in each pattern.
+        patterns: per region, the prefix masks (tuples of bools) the rows of ``parts`` belong to.
+    """
+
+    ids: list[int]
+    cache: Any
+    parts: dict[str, Tensor]
+    counts: dict[str, Tensor]
+    patterns: dict[str, list[tuple[bool, ...]]]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def rows(self, region: str, mask: Tensor) -> Tensor:
+        """For each row of a ``[batch, >= n]`` region mask, its pattern's index in ``parts``."""
+        index = {p: i for i, p in enumerate(self.patterns[region])}
+        try:
+            return torch.tensor([index[tuple(m)] for m in mask[:, : self.n].tolist()])
+        except KeyError:
+            raise ValueError(
+                f"a row's {region!r} mask over the shared prefix is not one the prefix was "
+                "computed for (pass the prefix built for these examples)"
+            ) from None
+
+    def batch_cache(self, rows: int) -> Any:
+        """A cache for ``rows`` sequences that continue the prefix: each layer attends to the
+        prefix's keys and values (broadcast, not copied) and the new ones, and keeps nothing
+        (the pass stops after the last needed layer; nothing is decoded after it), so the keys
+        of one layer are alive at a time."""
+        cache = copy.copy(self.cache)
+        cache.layers = [_shared_layer(la, rows) for la in self.cache.layers]
+        return cache
+
+
+def _shared_layer(layer: Any, rows: int) -> Any:
+    new = copy.copy(layer)
+    if not getattr(layer, "is_initialized", False):
+        return new
+    keys = layer.keys.expand(rows, -1, -1, -1)
+    values = layer.values.expand(rows, -1, -1, -1)
+
+    def update(key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+    new.update = update
+    return new
+
+
+def _prefix_plan(
+    model: Model, examples: Sequence[Example], fmt: PromptFormat, config: CETTConfig
+) -> tuple[list[int], list[int], dict[str, set[tuple[bool, ...]]]]:
+    """Tokenize every example once: their token lengths, the token ids all of them start with
+    (leaving at least one token each), and the region masks seen over those ids."""
+    from hlens.sampling import _common_prefix
+
+    lengths: list[int] = []
+    ref: list[int] = []
+    n = -1
+    patterns: dict[str, set[tuple[bool, ...]]] = {r: set() for r in config.regions}
+    for start in range(0, len(examples), config.batch_size):
+        batch = tokenize_examples(
+            examples[start : start + config.batch_size],
+            model.tokenizer,
+            fmt,
+            padding_side="right",
+            max_length=model.n_ctx,
+            require_answer="answer" in config.regions,
+        )
+        lens = batch.attention_mask.sum(1).tolist()
+        rows = [batch.tokens[i, :k].tolist() for i, k in enumerate(lens)]
+        lengths += lens
+        if n < 0:
+            ref, n = rows[0], len(rows[0])
+        n = min(n, _common_prefix([ref, *rows], minimum=0))  # each row against the first
+        for r in config.regions:
+            patterns[r] = {p[:n] for p in patterns[r]}
+            patterns[r].update(tuple(m) for m in batch.region(r)[:, :n].tolist())
+    return lengths, ref[: max(n, 0)], patterns
+
+
+def _shared_prefix(
+    model: Model, ids: list[int], patterns: dict[str, set[tuple[bool, ...]]], config: CETTConfig
+) -> _SharedPrefix | None:
+    """Run the shared prefix once (stopping after the last needed layer): its KV cache and its
+    CETT reduced per region mask pattern. ``None`` when there is no prefix worth sharing or the
+    model's cache cannot hold all of it (a sliding window shorter than the prefix)."""
+    from hlens.sampling import _MIN_PREFIX
+
+    if len(ids) < _MIN_PREFIX:
+        return None
+    try:
+        from transformers import DynamicCache
+    except ImportError:
+        return None
+    hf = model.hf_model
+    layers = model.check_layers(config.layers)
+    dtype = model.score_dtype
+    w_norms = model.W_out_norms()
+    order = {r: sorted(patterns[r]) for r in config.regions}
+    masks = {r: torch.tensor(order[r], dtype=torch.bool).reshape(-1, len(ids)) for r in order}
+    parts = {r: torch.empty(len(order[r]), len(layers), model.d_mlp, dtype=dtype) for r in order}
+    slot = {layer: i for i, layer in enumerate(layers)}
+
+    def on_layer(layer: int, z: Tensor, h: Tensor) -> None:
+        s = cett_from_parts(
+            z[0],
+            h[0].to(dtype).norm(dim=-1),
+            w_norms[layer].to(z.device),
+            use_abs=config.use_abs,
+            use_mag=config.use_mag,
+            eps=config.eps,
+        )
+        for r, m in masks.items():
+            m = m.to(s.device)
+            if config.method == "mean":
+                agg = m.to(dtype) @ s
+            else:
+                agg = s.masked_fill(~m[:, :, None], -torch.inf).amax(1)
+            parts[r][:, slot[layer]] = agg.cpu()
+
+    cache = DynamicCache(config=hf.config)
+    tokens = torch.tensor([ids], dtype=torch.long, device=model.device)
+    with torch.no_grad(), neuron_hooks(model, layers, on_layer):
+        _forward(model, tokens, torch.ones_like(tokens), max(layers), cache, 0)
+    if any(
+        not getattr(cache.layers[i], "is_initialized", False)
+        or cache.layers[i].keys.shape[-2] != len(ids)
+        for i in range(max(layers) + 1)
+    ):
+        return None
+    counts = {r: masks[r].sum(1) for r in masks}
+    return _SharedPrefix(list(ids), cache, parts, counts, order)
+
+
+def _forward(
+    model: Model, tokens: Tensor, mask: Tensor, stop_layer: int, cache: Any, n_past: int
+) -> None:
+    """One forward pass of ``model.hf_model`` (the bridge's hooks apply) continuing ``cache``
+    (``n_past`` positions), stopped once layer ``stop_layer``'s MLP output exists."""
+    from hlens.sampling import _forward_kwargs
+
+    def stop(tensor: Tensor, *, hook: Any) -> Tensor:
+        raise _StopForward
+
+    hf = model.hf_model
+    b, w = tokens.shape
+    attn = torch.cat([mask.new_ones(b, n_past), mask], dim=1)
+    pos = torch.arange(n_past, n_past + w, device=tokens.device).expand(b, w)
+    hooks = [(model.family.output_hook(stop_layer), stop)]
+    with model.bridge.hooks(fwd_hooks=hooks), contextlib.suppress(_StopForward):
+        hf(
+            input_ids=tokens,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{_forward_kwargs(hf)[0]: cache},
+        )
+
+
 def features_for_batch(
-    model: Any, batch: TokenBatch, config: CETTConfig
+    model: Model,
+    batch: TokenBatch,
+    config: CETTConfig,
+    *,
+    prefix: _SharedPrefix | None = None,
 ) -> dict[str, Float[Tensor, "batch layer d_mlp"]]:
     """Aggregated CETT features of one batch, computed layer by layer during the forward pass.
 
     Returns one ``[batch, layer, d_mlp]`` tensor per region; a region with no token in a sequence
-    gives NaN for that sequence.
+    gives NaN for that sequence. Each layer's per-token CETT lives in one buffer and is reduced
+    to ``[batch, d_mlp]`` per region at once; the pass stops after the last needed layer.
+
+    ``prefix`` (:func:`extract_features` builds it): token ids every sequence starts with, whose
+    KV cache and per-region CETT were computed once; only the tokens after it are run, and the
+    regions combine both parts exactly (sums and counts for ``mean``, maxima for ``max``).
     """
+    if batch.padding_side != "right":
+        raise ValueError("features_for_batch needs a right-padded batch")
     layers = model.check_layers(config.layers)
     w_norms = model.W_out_norms()
     dtype = model.score_dtype
+    device = model.device
+    n_pre = 0
+    if prefix is not None:
+        n_pre = prefix.n
+        head = torch.tensor(prefix.ids, dtype=batch.tokens.dtype)
+        lengths = batch.attention_mask.sum(1)
+        if (
+            batch.tokens.shape[1] <= n_pre
+            or int(lengths.min()) <= n_pre
+            or not bool((batch.tokens[:, :n_pre] == head).all())
+        ):
+            raise ValueError("every sequence of the batch must start with the shared prefix")
     out = {
         r: torch.empty(len(batch), len(layers), model.d_mlp, dtype=dtype) for r in config.regions
     }
-    masks = {r: batch.region(r) for r in config.regions}
+    masks = {r: batch.region(r)[:, n_pre:].to(device) for r in config.regions}
+    weights = {r: m.to(dtype) for r, m in masks.items()} if config.method == "mean" else {}
+    counts = {r: w.sum(1, keepdim=True) for r, w in weights.items()}
+    empty = {r: ~m.any(1) for r, m in masks.items()}
+    pre: dict[str, Tensor] = {}  # each row's prefix pattern
+    if prefix is not None:
+        for r in config.regions:
+            pre[r] = idx = prefix.rows(r, batch.region(r))
+            n_in = prefix.counts[r][idx].to(device)
+            if r in counts:
+                counts[r] = counts[r] + n_in[:, None].to(dtype)
+            empty[r] = empty[r] & (n_in == 0)
     slot = {layer: i for i, layer in enumerate(layers)}
+    buf: list[Tensor] = []
 
     def on_layer(layer: int, z: Tensor, h: Tensor) -> None:
-        # CETT in one buffer, in place (never touching z, which the forward pass still uses)
-        s = z.to(dtype).abs() if config.use_abs else z.to(dtype).clone()
-        if config.use_mag:
-            s.mul_(w_norms[layer].to(s.device))
-        s.div_(h.to(dtype).norm(dim=-1, keepdim=True).add_(config.eps))
-        for r, mask in masks.items():
-            m = mask.to(s.device)
+        # CETT in one buffer reused by every layer (never touching z, which the pass still uses)
+        if not buf or buf[0].shape != z.shape:
+            buf[:] = [torch.empty(z.shape, dtype=dtype, device=z.device)]
+        s = cett_from_parts(
+            z,
+            h.to(dtype).norm(dim=-1),
+            w_norms[layer].to(z.device),
+            use_abs=config.use_abs,
+            use_mag=config.use_mag,
+            eps=config.eps,
+            out=buf[0],
+        )
+        i = slot[layer]
+        for r, m in masks.items():
             if config.method == "mean":
-                w = m.to(dtype)
-                agg = torch.einsum("bp,bpn->bn", w, s) / w.sum(1, keepdim=True)  # 0/0 -> NaN
+                agg = torch.einsum("bp,bpn->bn", weights[r], s)
+                if r in pre:
+                    agg += prefix.parts[r][pre[r], i].to(device)
+                agg = agg / counts[r]  # 0/0 -> NaN
             else:
                 agg = s.masked_fill(~m[:, :, None], -torch.inf).amax(1)
-                agg[~m.any(1)] = torch.nan
-            out[r][:, slot[layer]] = agg.cpu()
+                if r in pre:
+                    torch.maximum(agg, prefix.parts[r][pre[r], i].to(device), out=agg)
+                agg[empty[r]] = torch.nan
+            out[r][:, i] = agg.cpu()
 
-    if batch.padding_side != "right":
-        raise ValueError("features_for_batch needs a right-padded batch")
+    tokens = batch.tokens[:, n_pre:].to(device)
+    mask = batch.attention_mask[:, n_pre:].to(device)
     with torch.no_grad(), neuron_hooks(model, layers, on_layer):
-        run_forward(model, batch, stop_after_layer=max(layers))
+        if prefix is None:
+            run_forward(model, TokenBatch(tokens, mask), stop_after_layer=max(layers))
+        else:
+            _forward(model, tokens, mask, max(layers), prefix.batch_cache(len(batch)), n_pre)
     return out
 
 
@@ -169,7 +392,9 @@ def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def _extraction_meta(model: Any, config: CETTConfig, ids: Sequence[str], fmt: PromptFormat) -> dict:
+def _extraction_meta(
+    model: Model, config: CETTConfig, ids: Sequence[str], fmt: PromptFormat
+) -> dict:
     return {
         "model": model.name,
         "n_layers": model.n_layers,
@@ -183,7 +408,7 @@ def _extraction_meta(model: Any, config: CETTConfig, ids: Sequence[str], fmt: Pr
 
 
 def extract_features(
-    model: Any,
+    model: Model,
     examples: Sequence[Example],
     out_dir: str | Path,
     config: CETTConfig | None = None,
@@ -246,16 +471,20 @@ def extract_features(
         disable=not progress,
         unit="ex",
     )
+    prefix = None
+    if todo:
+        # every example tokenized once up front: token lengths (for batching), and the token ids
+        # all examples share (a system prompt, the chat scaffolding), run once for all of them.
+        # The prefix is that of all examples, not of the shards left, so that a resumed
+        # extraction computes what an uninterrupted one does.
+        lengths, ids_pre, patterns = _prefix_plan(model, examples, fmt, config)
+        prefix = _shared_prefix(model, ids_pre, patterns, config)
     for k in todo:
         shard = examples[k * config.shard_size : (k + 1) * config.shard_size]
-        # batch examples of similar length together (less padding), then restore shard order
-        # (text length is a close proxy: the template adds the same text to every example)
-        order = sorted(
-            range(len(shard)),
-            key=lambda i: (
-                len(shard[i].question) + len(shard[i].response) + len(shard[i].system or "")
-            ),
-        )
+        # batch examples of equal token length together (least padding), then restore shard
+        # order
+        base = k * config.shard_size
+        order = sorted(range(len(shard)), key=lambda i: lengths[base + i])
         tensors = {
             r: torch.empty(len(shard), n_layers, model.d_mlp, dtype=torch.float32)
             for r in config.regions
@@ -270,7 +499,7 @@ def extract_features(
                 max_length=model.n_ctx,
                 require_answer="answer" in config.regions,
             )
-            feats = features_for_batch(model, batch, config)
+            feats = features_for_batch(model, batch, config, prefix=prefix)
             for r in config.regions:
                 tensors[r][rows] = feats[r].float()
             bar.update(len(rows))
