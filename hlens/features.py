@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -378,6 +378,48 @@ def features_for_batch(
     return out
 
 
+class _ShardWriter:
+    """A safetensors file of ``[n, layer, d_mlp]`` float32 tensors (one per region) written row
+    by row in place: the bytes are those :func:`safetensors.torch.save_file` writes for the
+    same tensors (names sorted, compact JSON header padded with spaces to 8 bytes)."""
+
+    def __init__(self, path: Path, regions: Sequence[str], shape: tuple[int, int, int]) -> None:
+        n, n_layers, d_mlp = shape
+        self.row_bytes = n_layers * d_mlp * 4
+        self.row_shape = (n_layers, d_mlp)
+        size = n * self.row_bytes
+        names = sorted(regions)
+        info = {
+            r: {
+                "dtype": "F32",
+                "shape": [n, n_layers, d_mlp],
+                "data_offsets": [i * size, (i + 1) * size],
+            }
+            for i, r in enumerate(names)
+        }
+        head = json.dumps(info, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        self.start = {r: 8 + len(head) + i * size for i, r in enumerate(names)}
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(self.fd, len(head).to_bytes(8, "little") + head)
+        os.ftruncate(self.fd, 8 + len(head) + len(names) * size)
+
+    def write(self, rows: Sequence[int], feats: dict[str, Tensor]) -> None:
+        """Write ``feats[r][j]`` as row ``rows[j]`` of each region's tensor."""
+        for r, x in feats.items():
+            x = x.to(torch.float32).contiguous()
+            if x.shape[1:] != self.row_shape:
+                raise ValueError(f"rows of shape {tuple(x.shape[1:])}, expected {self.row_shape}")
+            for j, row in enumerate(rows):
+                data = x[j].numpy().astype("<f4", copy=False)  # safetensors is little-endian
+                os.pwrite(self.fd, data.data, self.start[r] + row * self.row_bytes)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
@@ -485,27 +527,31 @@ def extract_features(
         # order
         base = k * config.shard_size
         order = sorted(range(len(shard)), key=lambda i: lengths[base + i])
-        tensors = {
-            r: torch.empty(len(shard), n_layers, model.d_mlp, dtype=torch.float32)
-            for r in config.regions
-        }
-        for start in range(0, len(shard), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            batch = tokenize_examples(
-                [shard[i] for i in rows],
-                model.tokenizer,
-                fmt,
-                padding_side="right",
-                max_length=model.n_ctx,
-                require_answer="answer" in config.regions,
-            )
-            feats = features_for_batch(model, batch, config, prefix=prefix)
-            for r in config.regions:
-                tensors[r][rows] = feats[r].float()
-            bar.update(len(rows))
         name = _shard_name(k)
         tmp = out / f"{name}.safetensors.tmp{os.getpid()}"
-        save_file(tensors, str(tmp))
+        # each batch's rows go straight to their place in the shard file: the shard is never
+        # held in memory, whatever shard_size is
+        writer = _ShardWriter(tmp, config.regions, (len(shard), n_layers, model.d_mlp))
+        try:
+            for start in range(0, len(shard), config.batch_size):
+                rows = order[start : start + config.batch_size]
+                batch = tokenize_examples(
+                    [shard[i] for i in rows],
+                    model.tokenizer,
+                    fmt,
+                    padding_side="right",
+                    max_length=model.n_ctx,
+                    require_answer="answer" in config.regions,
+                )
+                feats = features_for_batch(model, batch, config, prefix=prefix)
+                writer.write(rows, feats)
+                del feats
+                bar.update(len(rows))
+            writer.close()
+        except BaseException:
+            writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, out / f"{name}.safetensors")
         # the .json sidecar is written last: its presence marks the shard complete
         _atomic_write_text(out / f"{name}.json", json.dumps({"ids": [ex.id for ex in shard]}))

@@ -90,3 +90,19 @@ def test_no_prefix_without_shared_tokens(llama):
     fmt = hlens.PromptFormat(template="plain", plain_template="{question}")
     _, ids, patterns = F._prefix_plan(llama, exs, fmt, cfg)
     assert F._shared_prefix(llama, ids, patterns, cfg) is None
+
+
+def test_shard_writer_writes_save_file_bytes(tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    ref = {r: torch.randn(5, 3, 7, generator=g) for r in ("answer", "all_except_answer", "prompt")}
+    ref["answer"][2] = torch.nan
+    save_file(ref, str(tmp_path / "ref.safetensors"))
+    w = F._ShardWriter(tmp_path / "new.safetensors", tuple(ref), (5, 3, 7))
+    for rows in ([4, 0], [3], [1, 2]):  # any row order, as batches sorted by length arrive
+        w.write(rows, {r: t[rows] for r, t in ref.items()})
+    w.close()
+    assert (tmp_path / "new.safetensors").read_bytes() == (
+        tmp_path / "ref.safetensors"
+    ).read_bytes()
