@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -295,7 +295,8 @@ def features_for_batch(
     config: CETTConfig,
     *,
     prefix: _SharedPrefix | None = None,
-) -> dict[str, Float[Tensor, "batch layer d_mlp"]]:
+    sink: Callable[[str, int, Tensor], None] | None = None,
+) -> dict[str, Float[Tensor, "batch layer d_mlp"]] | None:
     """Aggregated CETT features of one batch, computed layer by layer during the forward pass.
 
     Returns one ``[batch, layer, d_mlp]`` tensor per region; a region with no token in a sequence
@@ -305,6 +306,10 @@ def features_for_batch(
     ``prefix`` (:func:`extract_features` builds it): token ids every sequence starts with, whose
     KV cache and per-region CETT were computed once; only the tokens after it are run, and the
     regions combine both parts exactly (sums and counts for ``mean``, maxima for ``max``).
+
+    ``sink``: called as ``sink(region, i, features)`` with each region's ``[batch, d_mlp]``
+    features of the ``i``-th requested layer as soon as they exist, instead of collecting them
+    (then nothing is returned): :func:`extract_features` writes them to disk at once.
     """
     if batch.padding_side != "right":
         raise ValueError("features_for_batch needs a right-padded batch")
@@ -324,7 +329,8 @@ def features_for_batch(
         ):
             raise ValueError("every sequence of the batch must start with the shared prefix")
     out = {
-        r: torch.empty(len(batch), len(layers), model.d_mlp, dtype=dtype) for r in config.regions
+        r: torch.empty(len(batch), len(layers), model.d_mlp, dtype=dtype)
+        for r in (config.regions if sink is None else ())
     }
     masks = {r: batch.region(r)[:, n_pre:].to(device) for r in config.regions}
     weights = {r: m.to(dtype) for r, m in masks.items()} if config.method == "mean" else {}
@@ -366,7 +372,10 @@ def features_for_batch(
                 if r in pre:
                     torch.maximum(agg, prefix.parts[r][pre[r], i].to(device), out=agg)
                 agg[empty[r]] = torch.nan
-            out[r][:, i] = agg.cpu()
+            if sink is None:
+                out[r][:, i] = agg.cpu()
+            else:
+                sink(r, i, agg)
 
     tokens = batch.tokens[:, n_pre:].to(device)
     mask = batch.attention_mask[:, n_pre:].to(device)
@@ -375,7 +384,7 @@ def features_for_batch(
             run_forward(model, TokenBatch(tokens, mask), stop_after_layer=max(layers))
         else:
             _forward(model, tokens, mask, max(layers), prefix.batch_cache(len(batch)), n_pre)
-    return out
+    return out if sink is None else None
 
 
 class _ShardWriter:
@@ -405,14 +414,24 @@ class _ShardWriter:
         os.ftruncate(self.fd, 8 + len(head) + len(names) * size)
 
     def write(self, rows: Sequence[int], feats: dict[str, Tensor]) -> None:
-        """Write ``feats[r][j]`` as row ``rows[j]`` of each region's tensor."""
+        """Write ``feats[r][j]`` (``[layer, d_mlp]``) as row ``rows[j]`` of each region."""
         for r, x in feats.items():
-            x = x.to(torch.float32).contiguous()
             if x.shape[1:] != self.row_shape:
                 raise ValueError(f"rows of shape {tuple(x.shape[1:])}, expected {self.row_shape}")
-            for j, row in enumerate(rows):
-                data = x[j].numpy().astype("<f4", copy=False)  # safetensors is little-endian
-                os.pwrite(self.fd, data.data, self.start[r] + row * self.row_bytes)
+            self._put(r, rows, x.flatten(1), 0)
+
+    def sink(self, rows: Sequence[int], n_layers: int) -> Callable[[str, int, Tensor], None]:
+        """A :func:`features_for_batch` sink writing layer ``i``'s ``[batch, d_mlp]`` features
+        of the batch whose rows are ``rows``."""
+        if n_layers != self.row_shape[0]:
+            raise ValueError(f"{n_layers} layers, the shard holds {self.row_shape[0]}")
+        return lambda r, i, x: self._put(r, rows, x, i * self.row_shape[1] * 4)
+
+    def _put(self, region: str, rows: Sequence[int], x: Tensor, offset: int) -> None:
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        for j, row in enumerate(rows):
+            data = x[j].numpy().astype("<f4", copy=False)  # safetensors is little-endian
+            os.pwrite(self.fd, data.data, self.start[region] + row * self.row_bytes + offset)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -543,9 +562,9 @@ def extract_features(
                     max_length=model.n_ctx,
                     require_answer="answer" in config.regions,
                 )
-                feats = features_for_batch(model, batch, config, prefix=prefix)
-                writer.write(rows, feats)
-                del feats
+                features_for_batch(
+                    model, batch, config, prefix=prefix, sink=writer.sink(rows, n_layers)
+                )
                 bar.update(len(rows))
             writer.close()
         except BaseException:
