@@ -74,7 +74,7 @@ def _random_pairs(model: Any, n_pairs: int, length: int, seed: int = 0):
     bad_id = 10
     c = model.as_batch(clean)
     k = model.as_batch(corrupt)
-    from hlens.explain import _TopToken
+    from hlens.organism.cards import TopToken as _TopToken
 
     top = _TopToken(bad_id)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def run(quick: bool = True) -> dict:
         from hlens.organism import checkpoint_path
 
         if (checkpoint_path("organism") / "config.json").is_file():
-            from hlens.explain import _Organism
+            from hlens.organism.cards import OrganismCards as _Organism
 
             model = hlens.load("organism", device="cpu")
             clean, corrupt, metric = _Organism.pairs(model, 16)

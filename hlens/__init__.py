@@ -1,8 +1,9 @@
 """hlens: find, explain and steer hallucination-associated neurons (H-Neurons).
 
 Built on TransformerLens 4's ``TransformerBridge``. Start with :func:`hlens.load`; the three jobs
-are :func:`hlens.find` (identify), :func:`hlens.scale_neurons` and ``hlens steer`` (impact) and
-:func:`hlens.parameter_inertia` / ``hlens origin`` (origin).
+are :func:`hlens.find` (identify), :func:`hlens.steer_sweep` and :func:`hlens.scale_neurons`
+(impact) and :func:`hlens.origin.origin` / :func:`hlens.parameter_inertia` (origin);
+:func:`hlens.explain_run.explain` writes the neurons' report cards.
 
 Example:
     >>> import hlens
@@ -23,10 +24,13 @@ from hlens.datasets import load_triviaqa as load_triviaqa
 from hlens.examples import Example as Example
 from hlens.explain import NeuronCard as NeuronCard
 from hlens.explain import report_cards as report_cards
+from hlens.explain_run import ExplainConfig as ExplainConfig
+from hlens.explain_run import ExplainResult as ExplainResult
 from hlens.features import CETTConfig as CETTConfig
 from hlens.features import FeatureStore as FeatureStore
 from hlens.features import extract_features as extract_features
 from hlens.find import FindConfig as FindConfig
+from hlens.find import FindResult as FindResult
 from hlens.find import find as find
 from hlens.gguf import GGUFError as GGUFError
 from hlens.gguf import gguf_checkpoint as gguf_checkpoint
@@ -44,6 +48,8 @@ from hlens.model import Model as Model
 from hlens.model import load as load
 from hlens.neurons import NeuronId as NeuronId
 from hlens.neurons import NeuronSet as NeuronSet
+from hlens.origin import OriginConfig as OriginConfig
+from hlens.origin import OriginResult as OriginResult
 from hlens.origin import backward_transfer as backward_transfer
 from hlens.origin import inertia_test as inertia_test
 from hlens.origin import parameter_inertia as parameter_inertia
@@ -71,11 +77,10 @@ from hlens.sampling import sample_responses as sample_responses
 from hlens.splits import Splits as Splits
 from hlens.splits import make_splits as make_splits
 from hlens.steering import ablate_direction as ablate_direction
-from hlens.steering import steer as steer
+from hlens.steering import steer_residual as steer_residual
 from hlens.steering import steering_vector as steering_vector
 from hlens.suites import Suite as Suite
 from hlens.suites import SuiteResult as SuiteResult
-from hlens.suites import organism_suites as organism_suites
 from hlens.sweep import SteerConfig as SteerConfig
 from hlens.sweep import SteerResult as SteerResult
 from hlens.sweep import steer_sweep as steer_sweep
@@ -94,8 +99,11 @@ __all__ = [
     "PAPER_INSTRUCTION",
     "CETTConfig",
     "Example",
+    "ExplainConfig",
+    "ExplainResult",
     "FeatureStore",
     "FindConfig",
+    "FindResult",
     "GGUFError",
     "Judge",
     "Judgement",
@@ -108,6 +116,8 @@ __all__ = [
     "NeuronId",
     "NeuronProbe",
     "NeuronSet",
+    "OriginConfig",
+    "OriginResult",
     "PatchResult",
     "ProbeMetrics",
     "PromptFormat",
@@ -151,7 +161,6 @@ __all__ = [
     "logit_diff",
     "make_splits",
     "neuron_means",
-    "organism_suites",
     "parameter_inertia",
     "random_neuron_baseline",
     "register_family",
@@ -161,7 +170,7 @@ __all__ = [
     "sample_responses",
     "scale_neurons",
     "select_C",
-    "steer",
+    "steer_residual",
     "steer_sweep",
     "steering_vector",
     "strata_control",
@@ -171,3 +180,23 @@ __all__ = [
     "topk_samples",
     "write_report",
 ]
+
+#: old public names -> (module, name) they moved to; kept for one release, with a warning
+_DEPRECATED = {"steer": ("hlens.steering", "steer_residual")}
+
+
+def __getattr__(name: str) -> object:
+    if name in _DEPRECATED:
+        import importlib
+        import warnings
+
+        module, new = _DEPRECATED[name]
+        warnings.warn(
+            f"hlens.{name} is deprecated; use hlens.{new}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module(module), new)
+    if name == "organism_suites":  # moved into the organism's plug-in
+        from hlens.registry import deprecated_alias
+
+        return deprecated_alias("hlens", name)
+    raise AttributeError(f"module 'hlens' has no attribute {name!r}")

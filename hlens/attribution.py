@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hlens.model import Model
 from hlens.neurons import NeuronSet
 from hlens.patching import (
     ActivationMetric,
@@ -71,7 +72,7 @@ __all__ = [
 ]
 
 
-def _plan(model: Any, target: str, layers: Any, neurons: Any):
+def _plan(model: Model, target: str, layers: Any, neurons: Any):
     """(hook names by layer, group masks or None, layer tuple)."""
     if target == "group":
         groups = _groups(model, neurons)
@@ -82,7 +83,7 @@ def _plan(model: Any, target: str, layers: Any, neurons: Any):
 
 
 def _capture_metric(
-    model: Any,
+    model: Model,
     batch: TokenBatch,
     metric: Metric | ActivationMetric,
     names: Sequence[str],
@@ -106,7 +107,7 @@ def _capture_metric(
 
 
 def _finish(
-    model: Any,
+    model: Model,
     target: str,
     method: str,
     direction: str,
@@ -133,7 +134,7 @@ def _finish(
 
 
 def attribution_patching(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any,
     metric: Metric | ActivationMetric,
@@ -210,7 +211,7 @@ def _slice(batch: TokenBatch, rows: slice) -> TokenBatch:
 
 
 def integrated_gradients(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any,
     metric: Metric | ActivationMetric,
@@ -348,7 +349,7 @@ def _inv_scale(x: Tensor, center: bool, eps: float) -> Tensor:
     return torch.rsqrt(x.pow(2).mean(-1) + eps)
 
 
-def _post_ffn_norm(model: Any, layer: int) -> torch.nn.Module:
+def _post_ffn_norm(model: Model, layer: int) -> torch.nn.Module:
     block = model.bridge.blocks[layer]
     comp = getattr(block, "ln2_post", None)
     if comp is not None:
@@ -357,13 +358,13 @@ def _post_ffn_norm(model: Any, layer: int) -> torch.nn.Module:
     return hf.post_feedforward_layernorm
 
 
-def _unembed(model: Any) -> Tensor:
+def _unembed(model: Model) -> Tensor:
     """``W_U`` as ``[d_vocab, d_model]`` rows (the output embedding's raw weight)."""
     return model.hf_model.get_output_embeddings().weight.detach()
 
 
 def direct_logit_attribution(
-    model: Any,
+    model: Model,
     inputs: Any,
     good: int | Int[Tensor, " batch"],
     bad: int | Int[Tensor, " batch"] | None = None,
@@ -424,7 +425,7 @@ def direct_logit_attribution(
     return torch.stack(out, 1).to(model.score_dtype)
 
 
-def neuron_vocab_logits(model: Any, neurons: NeuronSet) -> Float[Tensor, "neuron d_vocab"]:
+def neuron_vocab_logits(model: Model, neurons: NeuronSet) -> Float[Tensor, "neuron d_vocab"]:
     """Each neuron's output direction on the vocabulary: ``W_out row`` through the norms' weights
     (scales omitted: they are positive per-token factors) onto ``W_U``.
 

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from hlens.model import Model
 from hlens.prompts import PromptFormat, TokenBatch
 
 __all__ = ["NeuronCache", "neuron_cache", "neuron_hooks"]
@@ -87,7 +88,7 @@ class NeuronCache:
 
 
 @contextmanager
-def neuron_hooks(model: Any, layers: Sequence[int], fn: LayerFn) -> Iterator[None]:
+def neuron_hooks(model: Model, layers: Sequence[int], fn: LayerFn) -> Iterator[None]:
     """Attach hooks that call ``fn(layer, z, h)`` once per layer during forward passes.
 
     ``z`` is the neuron activation ``[batch, pos, d_mlp]`` and ``h`` the down-projection output
@@ -156,7 +157,7 @@ class _StopForward(Exception):
     """Raised by a hook to end a forward pass once everything needed has been seen."""
 
 
-def run_forward(model: Any, batch: TokenBatch, *, stop_after_layer: int | None = None) -> None:
+def run_forward(model: Model, batch: TokenBatch, *, stop_after_layer: int | None = None) -> None:
     """One forward pass over ``batch``, computing no logits.
 
     With ``stop_after_layer``, the pass ends as soon as that layer's MLP output exists: later
@@ -178,7 +179,7 @@ def run_forward(model: Any, batch: TokenBatch, *, stop_after_layer: int | None =
 
 
 def neuron_cache(
-    model: Any,
+    model: Model,
     inputs: Any,
     *,
     attention_mask: Int[Tensor, "batch pos"] | None = None,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hlens.errors import HlensInputError, one_line, validating
+from hlens.model import Model
 
 __all__ = ["MODEL_EXPECTED", "check_range", "load_model", "load_neurons", "load_source"]
 
@@ -86,7 +87,7 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_neurons(path: str | Path, model: Any = None, *, option: str = "--neurons") -> Any:
+def load_neurons(path: str | Path, model: Model = None, *, option: str = "--neurons") -> Any:
     """A :class:`~hlens.neurons.NeuronSet` file, checked against ``model``'s shape if given."""
     from hlens.neurons import NeuronSet
 

@@ -23,12 +23,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +35,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens.interventions import ablate_neurons
+from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
+from hlens.records import atomic_write_text, read_json, reject_unknown
 
 __all__ = [
     "ActivationStats",
@@ -46,11 +48,11 @@ __all__ = [
     "TopExample",
     "ablation_effects",
     "activation_stats",
-    "add_arguments",
     "neuron_activations",
+    "read_cards",
     "region_means",
     "report_cards",
-    "run",
+    "save_cards",
     "top_activating",
     "upstream_drivers",
     "vocab_projection",
@@ -152,6 +154,8 @@ class NeuronCard:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NeuronCard:
+        """The card of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
+        reject_unknown("NeuronCard", d, [f.name for f in fields(cls)])
         return cls(
             NeuronId(int(d["neuron"]["layer"]), int(d["neuron"]["index"])),
             d.get("weight"),
@@ -224,7 +228,7 @@ class NeuronCard:
 
 # ------------------------------------------------------------------------------------ vocabulary
 def vocab_projection(
-    model: Any, neurons: NeuronSet, k: int = 10
+    model: Model, neurons: NeuronSet, k: int = 10
 ) -> list[tuple[list[TokenScore], list[TokenScore]]]:
     """``(promoted, suppressed)`` top-``k`` tokens of each neuron's output direction.
 
@@ -247,12 +251,12 @@ def vocab_projection(
     return out
 
 
-def _tok(model: Any, i: int, v: float) -> TokenScore:
+def _tok(model: Model, i: int, v: float) -> TokenScore:
     return TokenScore(model.tokenizer.decode([i]), int(i), float(v))
 
 
 # ---------------------------------------------------------------------------------- activations
-def _layer_acts(model: Any, neurons: NeuronSet, data: Any, batch_size: int, fmt: Any):
+def _layer_acts(model: Model, neurons: NeuronSet, data: Any, batch_size: int, fmt: Any):
     """Yield ``(rows, batch, acts [b, pos, n_neurons])`` over ``data`` in chunks."""
     layers = sorted(neurons.by_layer())
     slot = {la: i for i, la in enumerate(layers)}
@@ -267,7 +271,7 @@ def _layer_acts(model: Any, neurons: NeuronSet, data: Any, batch_size: int, fmt:
 
 
 def top_activating(
-    model: Any,
+    model: Model,
     neurons: NeuronSet,
     dataset: Sequence[Any],
     *,
@@ -325,7 +329,7 @@ def top_activating(
 
 
 def neuron_activations(
-    model: Any, neurons: NeuronSet, data: Sequence[Any], *, batch_size: int = 32, fmt: Any = None
+    model: Model, neurons: NeuronSet, data: Sequence[Any], *, batch_size: int = 32, fmt: Any = None
 ) -> list[tuple[int, Any, Tensor]]:
     """The neurons' activations over ``data`` in one pass, as ``(start, batch, acts)`` chunks
     (``acts`` is ``[batch, pos, neuron]``), for :func:`top_activating` and :func:`region_means`.
@@ -347,7 +351,7 @@ def _region_means(model, neurons, examples, region, batch_size, fmt) -> Tensor:
 
 
 def activation_stats(
-    model: Any,
+    model: Model,
     neurons: NeuronSet,
     faithful: Sequence[Any],
     hallucinated: Sequence[Any],
@@ -434,32 +438,24 @@ def _cohen(f: Tensor, h: Tensor, dim: int = 0) -> Tensor:
 
 # ------------------------------------------------------------------------------------- ablation
 @contextmanager
-def zero_ablation(model: Any, neurons: NeuronSet) -> Iterator[None]:
-    """Zero the neurons' activations inside the block (:func:`hlens.interventions.scale_neurons`
-    with ``alpha=0`` when available, else a local hook on each affected layer)."""
-    try:
-        from hlens.interventions import scale_neurons
-    except ImportError:  # pragma: no cover - interventions ships with hlens
-        scale_neurons = None
-    if scale_neurons is not None:
-        with scale_neurons(model, neurons, 0.0):
-            yield
-        return
-    hooks = []  # pragma: no cover
-    for layer, idx in neurons.by_layer().items():  # pragma: no cover
-
-        def hook(t: Tensor, *, hook: Any, idx: list[int] = idx) -> Tensor:
-            t = t.clone()
-            t[..., idx] = 0.0
-            return t
-
-        hooks.append((model.family.activation_hook(layer), hook))
-    with model.bridge.hooks(fwd_hooks=hooks):  # pragma: no cover
+def zero_ablation(model: Model, neurons: NeuronSet) -> Iterator[None]:
+    """Deprecated: use :func:`hlens.interventions.ablate_neurons` (``mode="zero"``), the one
+    zero ablation in hlens."""
+    warnings.warn(
+        "hlens.explain.zero_ablation is deprecated; use hlens.ablate_neurons(model, neurons)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    with ablate_neurons(model, neurons):
         yield
 
 
 def ablation_effects(
-    model: Any, neurons: NeuronSet, evaluate: Evaluate, *, baseline: dict[str, float] | None = None
+    model: Model,
+    neurons: NeuronSet,
+    evaluate: Evaluate,
+    *,
+    baseline: dict[str, float] | None = None,
 ) -> list[dict[str, dict[str, float]]]:
     """``evaluate(model)`` with each neuron zero-ablated: ``{baseline, ablated, delta}`` each.
 
@@ -470,7 +466,7 @@ def ablation_effects(
     base = dict(baseline) if baseline is not None else dict(evaluate(model))
     out = []
     for n in neurons:
-        with zero_ablation(model, NeuronSet((n,), neurons.n_layers, neurons.d_mlp)):
+        with ablate_neurons(model, NeuronSet((n,), neurons.n_layers, neurons.d_mlp)):
             abl = dict(evaluate(model))
         out.append(
             {
@@ -484,7 +480,7 @@ def ablation_effects(
 
 # -------------------------------------------------------------------------------------- drivers
 def upstream_drivers(
-    model: Any,
+    model: Model,
     neuron: NeuronId,
     inputs: Any,
     *,
@@ -540,7 +536,7 @@ def upstream_drivers(
 
 # ---------------------------------------------------------------------------------------- cards
 def report_cards(
-    model: Any,
+    model: Model,
     neurons: NeuronSet,
     *,
     dataset: Sequence[Any] | None = None,
@@ -654,339 +650,16 @@ def save_cards(cards: Sequence[NeuronCard], out: str | Path) -> Path:
     """Write ``cards.json`` (full cards) and ``cards_table.json`` (one row per card) to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cards.json").write_text(json.dumps([c.to_dict() for c in cards], indent=1))
-    (out / "cards_table.json").write_text(json.dumps([c.records() for c in cards], indent=1))
+    # NaN (an undefined correlation) stays NaN here, as Python's json writes and reads it
+    atomic_write_text(out / "cards.json", json.dumps([c.to_dict() for c in cards], indent=1))
+    atomic_write_text(out / "cards_table.json", json.dumps([c.records() for c in cards], indent=1))
     return out
 
 
-# ------------------------------------------------------------------------------------------ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``hlens explain``."""
-    parser.add_argument("--model", required=True, help="bundled name, checkpoint dir or hub id")
-    parser.add_argument("--neurons", required=True, help="NeuronSet JSON (from hlens find)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--max-neurons", type=int, default=20, help="cards for the top N neurons")
-    parser.add_argument(
-        "--examples",
-        default=None,
-        help="JSONL of labelled Examples (default: examples.jsonl of the run beside --neurons)",
-    )
-    parser.add_argument("--n-questions", type=int, default=200, help="organism questions per set")
-    parser.add_argument(
-        "--max-examples",
-        type=int,
-        default=320,
-        help="real models: labelled examples read for the cards, half from each class",
-    )
-    parser.add_argument("--k", type=int, default=10, help="tokens/examples/drivers per card")
-    parser.add_argument(
-        "--agreement-pairs",
-        type=int,
-        default=None,
-        help="compare AtP with exact patching on this many prompt pairs (default: 8 on a real "
-        "model with a run's examples, 0 on the organism; 0 skips it)",
-    )
-    parser.add_argument(
-        "--agreement-neurons",
-        type=int,
-        default=2000,
-        help="real models: random neurons in the AtP check, besides every H-neuron",
-    )
-    parser.add_argument("--no-ablation", action="store_true", help="skip the ablation part")
-    parser.add_argument("--device", default=None)
+def read_cards(out: str | Path) -> list[NeuronCard]:
+    """The cards :func:`save_cards` wrote to ``out`` (``cards.json``).
 
-
-def _real_inputs(model: Any, exs: list[Any], run_dir: Path, args: argparse.Namespace):
-    """Card inputs for a real model from a find run's examples (see :mod:`hlens.explain_run`)."""
-    from hlens.controls import control_values
-    from hlens.explain_run import answer_evaluator, answer_prompts, run_controls, run_format
-    from hlens.prompts import prompt_format
-
-    known = getattr(model, "known", None)
-    fmt = run_format(run_dir) or prompt_format(known.prompt if known else None, model.tokenizer)
-    half = args.max_examples // 2
-    right = [e for e in exs if e.label == "faithful"][:half]
-    wrong = [e for e in exs if e.label == "hallucinated"][: args.max_examples - len(right[:half])]
-    exs = right + wrong
-    controls = run_controls(run_dir, exs)
-    if controls is None:  # examples from elsewhere: one forward pass computes them
-        vals = control_values(model, exs, fmt)
-        controls = {k: [float(x) for x in vals[k]] for k in ("span_tokens", "answer_logprob")}
-    kwargs: dict[str, Any] = {
-        "dataset": exs,
-        "faithful": right,
-        "hallucinated": wrong,
-        "top_region": "answer",
-        "controls": controls,
-        "driver_inputs": answer_prompts(model, exs, fmt, n=8),
-        "fmt": fmt,
-    }
-    if not args.no_ablation and right:
-        kwargs["evaluate"] = answer_evaluator(model, right, fmt)
-    return kwargs, fmt
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``hlens explain``; writes ``cards.json``, ``cards_table.json``, ``summary.json``."""
-    import time
-
-    from hlens.checks import check_range, load_model, load_neurons
-    from hlens.errors import HlensInputError, validating
-    from hlens.explain_run import answer_pairs, atp_agreement, run_examples
-
-    t0 = time.time()
-    org = _Organism
-    # every input is validated before anything is written (see hlens.errors)
-    for option, value in (
-        ("--max-neurons", args.max_neurons),
-        ("--n-questions", args.n_questions),
-        ("--k", args.k),
-        ("--agreement-neurons", args.agreement_neurons),
-        ("--max-examples", args.max_examples),
-    ):
-        check_range(option, value, 1)
-    if args.agreement_pairs is not None:
-        check_range("--agreement-pairs", args.agreement_pairs, 0)
-    exs = None
-    run_dir = Path(args.neurons).parent
-    if args.examples:
-        from hlens.examples import Example
-
-        with validating("--examples", "a JSONL file of labelled Examples", value=args.examples):
-            lines = Path(args.examples).read_text().splitlines()
-            exs = [Example.from_dict(json.loads(x)) for x in lines if x.strip()]
-    model = load_model(args.model, device=args.device)
-    h_all = load_neurons(args.neurons, model)
-    neurons = h_all
-    if neurons.weights is not None and len(neurons) > args.max_neurons:
-        neurons = neurons.top(args.max_neurons)
-    elif len(neurons) > args.max_neurons:
-        neurons = NeuronSet(neurons.neurons[: args.max_neurons], neurons.n_layers, neurons.d_mlp)
-    summary: dict[str, Any] = {
-        "model": args.model,
-        "neurons": args.neurons,
-        "n_cards": len(neurons),
-    }
-    kwargs: dict[str, Any] = {}
-    organism = org.is_organism(model)
-    if exs is None and not organism:
-        exs = run_examples(run_dir)
-    pairs = None
-    if exs is not None and not organism:
-        kwargs, fmt = _real_inputs(model, exs, run_dir, args)
-        n_pairs = 8 if args.agreement_pairs is None else args.agreement_pairs
-        try:  # asked for: too few pairs fail before anything is written; by default: skipped
-            pairs = answer_pairs(model, exs, fmt, n_pairs=n_pairs) if n_pairs else None
-        except HlensInputError as e:
-            if args.agreement_pairs is not None:
-                raise
-            summary["atp_vs_exact_skipped"] = str(e)
-        summary["examples"] = str(args.examples or run_dir / "examples.jsonl")
-    elif exs is not None:
-        kwargs["dataset"] = exs
-        kwargs["faithful"] = [e for e in exs if e.label == "faithful"]
-        kwargs["hallucinated"] = [e for e in exs if e.label == "hallucinated"]
-        kwargs["driver_inputs"] = [e.replace(response="", answer_span=None) for e in exs[:32]]
-    elif organism:
-        kwargs |= org.card_inputs(model, n=args.n_questions)
-        if not args.no_ablation:
-            kwargs["evaluate"] = org.evaluator(model, n=min(args.n_questions, 100))
-    if kwargs.get("faithful") is not None:
-        summary["labelled"] = {
-            "faithful": len(kwargs["faithful"]),
-            "hallucinated": len(kwargs.get("hallucinated") or []),
-        }
-    if len(kwargs.get("faithful") or []) < 2 or len(kwargs.get("hallucinated") or []) < 2:
-        kwargs.pop("faithful", None), kwargs.pop("hallucinated", None)
-    timings: dict[str, float] = {}
-    summary["timings"] = timings
-    cards = report_cards(model, neurons, k=args.k, fmt=kwargs.pop("fmt", None), timings=timings,
-                         **kwargs)  # fmt: skip
-    out = save_cards(cards, args.out)
-    evaluate = kwargs.get("evaluate")
-    if evaluate is not None and not organism:  # all H-neurons at once, against no ablation
-        base = cards[0].ablation["baseline"] if cards and cards[0].ablation else evaluate(model)
-        with zero_ablation(model, h_all):
-            together = evaluate(model)
-        summary["ablation_all"] = {
-            "n_neurons": len(h_all),
-            "baseline": base,
-            "ablated": together,
-            "delta": {k: together[k] - base[k] for k in base if k in together},
-        }
-    if pairs is not None:
-        summary["atp_vs_exact"] = atp_agreement(
-            model, h_all, *pairs, n_random=args.agreement_neurons
-        )
-    elif args.agreement_pairs and organism:
-        summary["atp_vs_exact"] = org.agreement(model, n_pairs=args.agreement_pairs)
-    summary["seconds"] = round(time.time() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for card in cards[:5]:
-        print(card.summary())
-    if "atp_vs_exact" in summary:
-        a = summary["atp_vs_exact"]
-        print(
-            f"AtP vs exact patching ({a.get('n_pairs')} pairs, {a.get('n', '?')} units): "
-            f"Pearson {a['pearson']:.3f}, Spearman {a['spearman']:.3f}, "
-            f"top-{a['top']} overlap {a['top_overlap']:.2f}"
-        )
-    if "atp_vs_exact_skipped" in summary:
-        print(f"AtP vs exact patching skipped: {summary['atp_vs_exact_skipped']}")
-    print(f"wrote {len(cards)} report cards to {out} in {summary['seconds']} s")
-    return 0
-
-
-# ------------------------------------------------------------------------------ the organism
-class _Organism:
-    """Inputs for cards and the AtP-vs-exact check on the bundled organism (its own world)."""
-
-    @staticmethod
-    def is_organism(model: Any) -> bool:
-        from hlens.organism import CHECKPOINT_NAMES
-
-        return (
-            model.name in CHECKPOINT_NAMES or (Path(model.name) / "organism_config.json").is_file()
-        )
-
-    @staticmethod
-    def world(model: Any) -> Any:
-        from hlens.organism.evaluate import resolve_model_dir, world_of
-
-        return world_of(resolve_model_dir(model.name))
-
-    @staticmethod
-    def fmt() -> Any:
-        from hlens.organism import INSTRUCTION_SUFFIX
-        from hlens.prompts import PromptFormat
-
-        return PromptFormat(instruction=INSTRUCTION_SUFFIX)
-
-    @staticmethod
-    def greedy(model: Any, examples: Sequence[Any], max_new_tokens: int = 8) -> list[str]:
-        from hlens.prompts import render
-        from hlens.sampling import SamplingConfig, sample_responses
-
-        fmt = _Organism.fmt()
-        prompts = [render(e, model.tokenizer, fmt).text for e in examples]
-        cfg = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=max_new_tokens)
-        ids = [e.id or str(i) for i, e in enumerate(examples)]
-        out = sample_responses(model.hf_model, model.tokenizer, prompts, ids, cfg, progress=False)
-        return [r[0].strip() for r in out]
-
-    @staticmethod
-    def labelled(model: Any, n: int) -> tuple[list[Any], list[Any], list[Any]]:
-        """(known questions, nonexist questions, answered examples with labels)."""
-        from hlens.organism.evaluate import judge
-
-        world = _Organism.world(model)
-        known, nonexist = world.known_questions("test")[:n], world.nonexist_questions("test")[:n]
-        qs = known + nonexist
-        answered = []
-        for ex, resp in zip(qs, _Organism.greedy(model, qs)):
-            label = judge(world, ex.meta["attribute"], ex.answers[0] if ex.answers else None, resp)
-            value = resp.rstrip(".").strip()
-            lab = {"correct": "faithful", "wrong": "hallucinated"}.get(label, "uncertain")
-            e = ex.replace(response=resp, label=lab, meta=ex.meta | {"judge": label})
-            if value and lab != "uncertain":
-                e = e.replace(answer_span=(resp.index(value), resp.index(value) + len(value)))
-            answered.append(e)
-        return known, nonexist, answered
-
-    @staticmethod
-    def card_inputs(model: Any, n: int) -> dict[str, Any]:
-        _, nonexist, answered = _Organism.labelled(model, n)
-        return {
-            "dataset": answered,
-            "faithful": [e for e in answered if e.label == "faithful"],
-            "hallucinated": [e for e in answered if e.label == "hallucinated"],
-            "driver_inputs": model.as_batch(nonexist[:32], fmt=_Organism.fmt()),
-            "fmt": _Organism.fmt(),
-        }
-
-    @staticmethod
-    def evaluator(model: Any, n: int) -> Evaluate:
-        """Capability (accuracy on known people), compliance (abstaining on never-seen ones)."""
-        from hlens.organism.evaluate import judge
-
-        world = _Organism.world(model)
-        known, nonexist = world.known_questions("test")[:n], world.nonexist_questions("test")[:n]
-
-        def evaluate(m: Any) -> dict[str, float]:
-            qs = known + nonexist
-            labels = [
-                judge(world, e.meta["attribute"], e.answers[0] if e.answers else None, r)
-                for e, r in zip(qs, _Organism.greedy(m, qs))
-            ]
-            lk, ln = labels[: len(known)], labels[len(known) :]
-            return {
-                "known_accuracy": sum(x == "correct" for x in lk) / max(1, len(lk)),
-                "nonexist_abstain": sum(x == "abstain" for x in ln) / max(1, len(ln)),
-                "nonexist_hallucinate": sum(x == "wrong" for x in ln) / max(1, len(ln)),
-            }
-
-        return evaluate
-
-    @staticmethod
-    def pairs(model: Any, n_pairs: int) -> tuple[Any, Any, Any]:
-        """Equal-length (known, never-seen) question pairs of the same attribute, as token
-        batches, and a metric: logit of the clean run's top non-abstention token minus the
-        logit of the abstention's first token, at the last prompt token."""
-        from hlens.organism import ABSTAIN_RESPONSE
-        from hlens.patching import forward_metric, logit_diff, match_lengths
-
-        world, fmt = _Organism.world(model), _Organism.fmt()
-        known, nonexist = world.known_questions("test"), world.nonexist_questions("test")
-        per_attr = []
-        for attr in sorted({e.meta["attribute"] for e in nonexist}):
-            ks = [e for e in known if e.meta["attribute"] == attr][: 4 * n_pairs]
-            ns = [e for e in nonexist if e.meta["attribute"] == attr][: 4 * n_pairs]
-            per_attr.append(match_lengths(model, ks, ns, fmt=fmt))
-        # round-robin over attributes
-        pairs = [p for group in itertools.zip_longest(*per_attr) for p in group if p][:n_pairs]
-        if not pairs:
-            raise ValueError("found no equal-length (known, never-seen) question pairs")
-        clean = model.as_batch([p[0] for p in pairs], fmt=fmt)
-        corrupt = model.as_batch([p[1] for p in pairs], fmt=fmt)
-        bad = model.tokenizer(ABSTAIN_RESPONSE, add_special_tokens=False)["input_ids"][0]
-        with torch.no_grad():
-            logits_metric = _TopToken(bad)
-            forward_metric(model, clean, logits_metric)
-        return clean, corrupt, logit_diff(logits_metric.good, bad)
-
-    @staticmethod
-    def agreement(model: Any, n_pairs: int = 16, top: int = 50) -> dict[str, Any]:
-        import time
-
-        from hlens.attribution import attribution_patching, compare_scores
-        from hlens.patching import exact_patching, passes_per_pair
-
-        clean, corrupt, metric = _Organism.pairs(model, n_pairs)
-        t0 = time.perf_counter()
-        atp = attribution_patching(model, clean, corrupt, metric)
-        t1 = time.perf_counter()
-        exact = exact_patching(model, clean, corrupt, metric)
-        t2 = time.perf_counter()
-        return compare_scores(atp, exact, top=top) | {
-            "n_pairs": len(clean),
-            "atp_passes_per_pair": passes_per_pair(atp),
-            "exact_passes_per_pair": passes_per_pair(exact),
-            "atp_seconds": t1 - t0,
-            "exact_seconds": t2 - t1,
-            "mean_clean_metric": float(exact.clean_metric.mean()),
-            "mean_corrupt_metric": float(exact.corrupt_metric.mean()),
-        }
-
-
-class _TopToken:
-    """A metric that records each row's top token other than ``bad`` at the last position."""
-
-    def __init__(self, bad: int) -> None:
-        self.bad, self.good = bad, torch.zeros(0, dtype=torch.long)
-
-    def __call__(self, logits: Tensor, batch: Any) -> Tensor:
-        last = batch.attention_mask.sum(1).long() - 1
-        row = logits[torch.arange(logits.shape[0]), last.to(logits.device)].clone()
-        row[:, self.bad] = -torch.inf
-        self.good = row.argmax(-1).cpu()
-        return row.max(-1).values
+    Raises:
+        ValueError: the file is not valid JSON, or a card has a field :class:`NeuronCard` lacks.
+    """
+    return [NeuronCard.from_dict(d) for d in read_json(Path(out) / "cards.json")]

@@ -32,25 +32,36 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from hlens.attribution import attribution_patching, compare_scores
-from hlens.errors import HlensInputError
+from hlens.checks import check_range, load_model, load_neurons
+from hlens.controls import control_values
+from hlens.errors import HlensInputError, validating
 from hlens.examples import Example
+from hlens.explain import report_cards, save_cards
+from hlens.interventions import ablate_neurons
 from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
 from hlens.patching import exact_patching, logit_diff, passes_per_pair
-from hlens.prompts import PromptFormat, TokenBatch
+from hlens.prompts import PromptFormat, TokenBatch, prompt_format
+from hlens.records import Record
+from hlens.registry import kind_plugin
 
 __all__ = [
     "AGREEMENT_CONTROLS",
+    "CardProvider",
+    "ExplainConfig",
+    "ExplainResult",
     "answer_evaluator",
     "answer_pairs",
     "answer_prompts",
     "atp_agreement",
+    "explain",
     "ids_batch",
     "run_controls",
     "run_examples",
@@ -288,3 +299,199 @@ def atp_agreement(
         "mean_corrupt_metric": float(exact.corrupt_metric.mean()),
         "mean_abs_exact": float(exact.scores.abs().mean()),
     }
+
+
+# -- the pipeline: hlens explain -----------------------------------------------------------------
+class CardProvider(Protocol):
+    """What a model kind's plug-in gives ``hlens explain`` (``KindPlugin.cards``), for models
+    whose labelled answers come from their own world rather than a find run."""
+
+    def card_inputs(self, model: Model, n: int) -> dict[str, Any]: ...
+
+    def evaluator(self, model: Model, n: int) -> Callable[[Model], dict[str, float]]: ...
+
+    def agreement(self, model: Model, n_pairs: int = 16, top: int = 50) -> dict[str, Any]: ...
+
+
+@dataclass
+class ExplainConfig(Record):
+    """What ``hlens explain`` writes cards for.
+
+    Attributes:
+        model: a bundled name, a known real model, a checkpoint directory or a hub id.
+        neurons: a :class:`~hlens.neurons.NeuronSet` JSON file (``h_neurons.json`` of a find run;
+            the run directory beside it supplies examples, controls and the prompt format).
+        max_neurons: cards for the top ``max_neurons`` neurons (by probe weight when known).
+        examples: a JSONL of labelled examples (default: the run's ``examples.jsonl``).
+        n_questions: questions per set of a plug-in kind's own world (the organism).
+        max_examples: real models: labelled examples read for the cards, half of each class.
+        k: tokens, examples and drivers per card.
+        agreement_pairs: prompt pairs of the AtP-vs-exact check (``None``: 8 on a real model with
+            a run's examples, skipped with a reason when too few; 0 on a plug-in kind; 0: skip).
+        agreement_neurons: real models: random neurons in that check, besides every H-neuron.
+        ablation: whether to measure what zero-ablating each neuron (and all) costs.
+        device: torch device.
+    """
+
+    model: str
+    neurons: str
+    max_neurons: int = 20
+    examples: str | None = None
+    n_questions: int = 200
+    max_examples: int = 320
+    k: int = 10
+    agreement_pairs: int | None = None
+    agreement_neurons: int = 2000
+    ablation: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, flag in (
+            ("max_neurons", "--max-neurons"),
+            ("n_questions", "--n-questions"),
+            ("k", "--k"),
+            ("agreement_neurons", "--agreement-neurons"),
+            ("max_examples", "--max-examples"),
+        ):
+            check_range(flag, getattr(self, name), 1)
+        if self.agreement_pairs is not None:
+            check_range("--agreement-pairs", self.agreement_pairs, 0)
+
+
+@dataclass
+class ExplainResult(Record):
+    """What ``hlens explain`` measured besides the cards (``explain/summary.json``).
+
+    Attributes:
+        model, neurons: as in the config.
+        n_cards: cards written (``cards.json``).
+        examples: where the labelled examples came from.
+        labelled: faithful and hallucinated examples used.
+        timings: seconds per part.
+        ablation_all: every H-neuron zero-ablated at once, against no ablation.
+        atp_vs_exact: attribution patching against exact patching (Pearson, Spearman, top-k).
+        atp_vs_exact_skipped: why the default check was skipped.
+        seconds: wall time.
+    """
+
+    model: str
+    neurons: str
+    n_cards: int
+    examples: str | None = None
+    labelled: dict[str, int] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    ablation_all: dict[str, Any] | None = None
+    atp_vs_exact: dict[str, Any] | None = None
+    atp_vs_exact_skipped: str | None = None
+    seconds: float = 0.0
+
+
+def _real_inputs(
+    model: Model, exs: list[Example], run_dir: Path, cfg: ExplainConfig
+) -> tuple[dict[str, Any], PromptFormat]:
+    """Card inputs for a real model from a find run's examples."""
+    known = model.known
+    fmt = run_format(run_dir) or prompt_format(known.prompt if known else None, model.tokenizer)
+    half = cfg.max_examples // 2
+    right = [e for e in exs if e.label == "faithful"][:half]
+    wrong = [e for e in exs if e.label == "hallucinated"][: cfg.max_examples - len(right[:half])]
+    exs = right + wrong
+    controls = run_controls(run_dir, exs)
+    if controls is None:  # examples from elsewhere: one forward pass computes them
+        vals = control_values(model, exs, fmt)
+        controls = {k: [float(x) for x in vals[k]] for k in ("span_tokens", "answer_logprob")}
+    kwargs: dict[str, Any] = {
+        "dataset": exs,
+        "faithful": right,
+        "hallucinated": wrong,
+        "top_region": "answer",
+        "controls": controls,
+        "driver_inputs": answer_prompts(model, exs, fmt, n=8),
+        "fmt": fmt,
+    }
+    if cfg.ablation and right:
+        kwargs["evaluate"] = answer_evaluator(model, right, fmt)
+    return kwargs, fmt
+
+
+def explain(config: ExplainConfig, out: str | Path) -> ExplainResult:
+    """Report cards for the top neurons of a neuron file, and the checks around them; writes
+    ``cards.json``, ``cards_table.json`` and ``summary.json`` (the :class:`ExplainResult`).
+
+    Every input is validated before anything is written (see :mod:`hlens.errors`).
+
+    Example:
+        >>> cfg = ExplainConfig(model="organism", neurons="runs/organism/h_neurons.json")
+        >>> explain(cfg, "runs/organism/explain").n_cards  # doctest: +SKIP
+        20
+    """
+    t0 = time.time()
+    cfg = config
+    exs = None
+    run_dir = Path(cfg.neurons).parent
+    if cfg.examples:
+        with validating("--examples", "a JSONL file of labelled Examples", value=cfg.examples):
+            lines = Path(cfg.examples).read_text().splitlines()
+            exs = [Example.from_dict(json.loads(x)) for x in lines if x.strip()]
+    model = load_model(cfg.model, device=cfg.device)
+    h_all = load_neurons(cfg.neurons, model)
+    neurons = h_all
+    if neurons.weights is not None and len(neurons) > cfg.max_neurons:
+        neurons = neurons.top(cfg.max_neurons)
+    elif len(neurons) > cfg.max_neurons:
+        neurons = NeuronSet(neurons.neurons[: cfg.max_neurons], neurons.n_layers, neurons.d_mlp)
+    result = ExplainResult(model=cfg.model, neurons=cfg.neurons, n_cards=len(neurons))
+    plugin = kind_plugin(model.kind)
+    provider: CardProvider | None = plugin.cards if plugin is not None else None
+    kwargs: dict[str, Any] = {}
+    if exs is None and provider is None:
+        exs = run_examples(run_dir)
+    pairs = None
+    if exs is not None and provider is None:
+        kwargs, fmt = _real_inputs(model, exs, run_dir, cfg)
+        n_pairs = 8 if cfg.agreement_pairs is None else cfg.agreement_pairs
+        try:  # asked for: too few pairs fail before anything is written; by default: skipped
+            pairs = answer_pairs(model, exs, fmt, n_pairs=n_pairs) if n_pairs else None
+        except HlensInputError as e:
+            if cfg.agreement_pairs is not None:
+                raise
+            result.atp_vs_exact_skipped = str(e)
+        result.examples = str(cfg.examples or run_dir / "examples.jsonl")
+    elif exs is not None:
+        kwargs["dataset"] = exs
+        kwargs["faithful"] = [e for e in exs if e.label == "faithful"]
+        kwargs["hallucinated"] = [e for e in exs if e.label == "hallucinated"]
+        kwargs["driver_inputs"] = [e.replace(response="", answer_span=None) for e in exs[:32]]
+    elif provider is not None:
+        kwargs |= provider.card_inputs(model, n=cfg.n_questions)
+        if cfg.ablation:
+            kwargs["evaluate"] = provider.evaluator(model, n=min(cfg.n_questions, 100))
+    if kwargs.get("faithful") is not None:
+        result.labelled = {
+            "faithful": len(kwargs["faithful"]),
+            "hallucinated": len(kwargs.get("hallucinated") or []),
+        }
+    if len(kwargs.get("faithful") or []) < 2 or len(kwargs.get("hallucinated") or []) < 2:
+        kwargs.pop("faithful", None), kwargs.pop("hallucinated", None)
+    timings = result.timings
+    cards = report_cards(model, neurons, k=cfg.k, fmt=kwargs.pop("fmt", None), timings=timings,
+                         **kwargs)  # fmt: skip
+    out = save_cards(cards, out)
+    evaluate = kwargs.get("evaluate")
+    if evaluate is not None and provider is None:  # all H-neurons at once, against no ablation
+        base = cards[0].ablation["baseline"] if cards and cards[0].ablation else evaluate(model)
+        with ablate_neurons(model, h_all):
+            together = evaluate(model)
+        result.ablation_all = {
+            "n_neurons": len(h_all),
+            "baseline": base,
+            "ablated": together,
+            "delta": {k: together[k] - base[k] for k in base if k in together},
+        }
+    if pairs is not None:
+        result.atp_vs_exact = atp_agreement(model, h_all, *pairs, n_random=cfg.agreement_neurons)
+    elif cfg.agreement_pairs and provider is not None:
+        result.atp_vs_exact = provider.agreement(model, n_pairs=cfg.agreement_pairs)
+    result.seconds = round(time.time() - t0, 1)
+    result.save(out / "summary.json")
+    return result

@@ -18,12 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +42,10 @@ from hlens.features import (
     write_examples,
 )
 from hlens.judge import RuleJudge, consistency_filter, locate_answer
+from hlens.metrics import ProbeMetrics
+from hlens.model import Model
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
+from hlens.records import Record, jsonable, reject_unknown
 from hlens.sampling import SamplingConfig, sample_to_jsonl
 from hlens.sources import QuestionSource, default_dataset, source_sampling
 from hlens.spans import RuleSpanExtractor, SpanResult, WholeResponseExtractor, span_step_counts
@@ -60,7 +62,16 @@ SPAN_EXTRACTORS: dict[str, Any] = {
     "alias": None,
 }
 
-__all__ = ["FindConfig", "add_arguments", "find", "probe_training_set", "run"]
+__all__ = [
+    "FindConfig",
+    "FindResult",
+    "Funnel",
+    "HNeuronCount",
+    "ProbeSummary",
+    "confound_lines",
+    "find",
+    "probe_training_set",
+]
 
 
 @dataclass
@@ -183,7 +194,9 @@ class FindConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FindConfig:
+        """The config of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
         d = dict(d)
+        reject_unknown("FindConfig", d, [f.name for f in fields(cls)])
         if isinstance(d.get("sampling"), dict):
             d["sampling"] = SamplingConfig.from_dict(d["sampling"])
         if isinstance(d.get("cett"), dict):
@@ -191,6 +204,82 @@ class FindConfig:
         if "Cs" in d:
             d["Cs"] = tuple(float(c) for c in d["Cs"])
         return cls(**d)
+
+
+@dataclass
+class HNeuronCount(Record):
+    """How many H-neurons, as a share of all MLP neurons, and per layer."""
+
+    count: int
+    fraction: float
+    per_layer: list[int]
+
+
+@dataclass
+class ProbeSummary(Record):
+    """The selected probe: its C (and the path's smallest), the rule, and whether it converged."""
+
+    C: float
+    C_min: float
+    c_rule: str
+    mode: str
+    penalty: str
+    solver: str
+    n_nonzero: int
+    converged: bool | None = None
+    convergence: dict[str, Any] | None = None
+
+
+@dataclass
+class Funnel(Record):
+    """Questions through each stage: consistent per class, mixed, abstaining, without a span."""
+
+    n_questions: int
+    n_consistent_faithful: int
+    n_consistent_hallucinated: int
+    n_mixed: int
+    n_with_uncertain: int
+    n_incomplete: int = 0
+    n_span_not_found: int = 0
+    n_train: int = 0
+    n_test: int = 0
+    n_truncated_samples: int = 0
+    n_samples_total: int = 0
+    degenerate: dict[str, Any] | None = None
+
+
+@dataclass
+class FindResult(Record):
+    """What ``hlens find`` measured (``summary.json``): counts, test metrics with intervals,
+    random-neuron baselines, confound controls, the C path, the funnel and the spans.
+
+    Example:
+        >>> r = FindResult.load("runs/organism/summary.json")  # doctest: +SKIP
+        >>> r.h_neurons.count, r.metrics["test"]["auroc"]  # doctest: +SKIP
+    """
+
+    hlens_version: str
+    model: str
+    dataset: str
+    n_layers: int
+    d_mlp: int
+    h_neurons: HNeuronCount
+    metrics: dict[str, dict[str, Any]]
+    baselines: dict[str, Any]
+    controls: dict[str, Any]
+    probe: ProbeSummary
+    c_path: dict[str, Any]
+    funnel: Funnel
+    spans: dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    judge: str = "rule"
+    ood: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def confound_lines(self) -> list[str]:
+        """The funnel, span and confound-control lines ``hlens find`` prints."""
+        return confound_lines(self)
 
 
 # -- stages ---------------------------------------------------------------------------------------
@@ -239,7 +328,7 @@ def _store_imported(records: dict[str, dict[str, Any]], out: Path, name: str) ->
 
 
 def _sample(
-    model: Any,
+    model: Model,
     questions: list[Example],
     out: Path,
     cfg: FindConfig,
@@ -425,7 +514,7 @@ def _fit_probe(
 
 
 def _ood(
-    model: Any,
+    model: Model,
     source: QuestionSource,
     probe: Any,
     out: Path,
@@ -472,8 +561,9 @@ def _ood(
     return result
 
 
-def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run the identification pipeline; returns (and writes) the summary. See the module doc."""
+def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> FindResult:
+    """Run the identification pipeline; returns (and writes, ``summary.json``) its
+    :class:`FindResult`. See the module doc."""
     from hlens.checks import load_model, load_source
     from hlens.errors import validating
     from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
@@ -720,11 +810,12 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> d
         "source": source.info,
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
-    return summary
+    result = FindResult.from_dict(jsonable(summary))
+    result.save(out / "summary.json")
+    return result
 
 
-def _prompt_name(cfg: FindConfig, model: Any) -> str:
+def _prompt_name(cfg: FindConfig, model: Model) -> str:
     """The prompt format's name: the config's, the known model's, or by the chat template."""
     if cfg.prompt is not None:
         return cfg.prompt
@@ -769,7 +860,7 @@ def _span_summary(
 
 
 def _confounds(
-    model: Any,
+    model: Model,
     fmt: PromptFormat,
     records: dict[str, dict[str, Any]],
     splits: Splits,
@@ -832,7 +923,7 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _headline(m: Any) -> dict[str, Any]:
+def _headline(m: ProbeMetrics) -> dict[str, Any]:
     d = m.to_dict()
     out = {k: d[k] for k in ("accuracy", "precision", "recall", "f1", "auroc") if k in d}
     ci = d.get("ci", {})
@@ -846,216 +937,44 @@ def _pick(ood: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt_ci(ci: Any) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+def _f3(x: float | None, digits: int = 3) -> str:
+    """``x`` to ``digits`` decimals; an undefined value (NaN, written as ``null``) as ``nan``."""
+    return "nan" if x is None else f"{x:.{digits}f}"
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-# -- command line ---------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = FindConfig()
-    p.add_argument(
-        "--model",
-        default=d.model,
-        help="bundled or known name (hlens models), checkpoint dir, .gguf file or hub id",
-    )
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help="organism | triviaqa | a JSONL/CSV file (default: organism for the organism, "
-        "else triviaqa: the hub if reachable, else the 3,500 questions shipped with hlens)",
-    )
-    p.add_argument(
-        "--samples",
-        default=None,
-        help="responses sampled elsewhere (an official consistency_samples.jsonl, e.g. from "
-        "vLLM, or an hlens samples.jsonl): sampling is skipped; without --dataset the questions "
-        "come from the file",
-    )
-    p.add_argument(
-        "--prompt",
-        default=None,
-        choices=sorted(PROMPT_FORMATS),
-        help="prompt format (default: the model's; chat with a chat template, else fewshot_qa)",
-    )
-    p.add_argument(
-        "--judge",
-        default=d.judge,
-        choices=sorted(JUDGES),
-        help="rule: whole-word alias match, echo-aware (default); official: substring rule",
-    )
-    p.add_argument(
-        "--spans",
-        default=d.spans,
-        choices=["auto", *sorted(SPAN_EXTRACTORS)],
-        help="answer spans: auto (the source's, else rules), rules (label-blind), whole, judge, "
-        "alias (label-dependent; only to reproduce that artefact)",
-    )
-    p.add_argument("--question-col", default=d.question_col, help="JSONL/CSV question column")
-    p.add_argument("--answers-col", default=d.answers_col, help="JSONL/CSV gold-answers column")
-    p.add_argument(
-        "--strata-col",
-        default=None,
-        help="JSONL/CSV question-type column (e.g. topic) for the question-type control",
-    )
-    p.add_argument("--out", required=True, help="run directory (resumable)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N questions")
-    p.add_argument("--n-samples", type=int, default=None, help="responses per question (10)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="(50; organism: 16)")
-    p.add_argument(
-        "--sample-batch-size",
-        type=int,
-        default=None,
-        help="sequences per generation batch (64; organism: 320)",
-    )
-    p.add_argument("--batch-size", type=int, default=d.cett.batch_size, help="CETT batch size")
-    p.add_argument(
-        "--shard-size",
-        type=int,
-        default=d.cett.shard_size,
-        help="examples per feature shard (the unit of resuming)",
-    )
-    p.add_argument("--mode", choices=["3-vs-1", "1-vs-1"], default=d.mode)
-    p.add_argument("--penalty", choices=["l1", "l2"], default=d.penalty)
-    p.add_argument("--solver", choices=["torch", "liblinear"], default=d.solver)
-    p.add_argument(
-        "--class-weight",
-        choices=["balanced", "none"],
-        default=d.class_weight or "none",
-        help="weigh training classes by inverse frequency (default) or not (official script)",
-    )
-    p.add_argument("--aggregation", choices=["mean", "max"], default=d.cett.method)
-    p.add_argument("--no-abs", action="store_true", help="signed activations (use_abs=False)")
-    p.add_argument("--no-mag", action="store_true", help="drop ||W_out|| (use_mag=False)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _config_from_args(args: argparse.Namespace) -> FindConfig:
-    dataset = args.dataset
-    if dataset is None:
-        dataset = "samples" if args.samples else default_dataset(args.model)
-    sampling = source_sampling(
-        dataset,
-        model=args.model,
-        n_samples=args.n_samples,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.sample_batch_size,
-        seed=args.seed,
-    )
-    cett = CETTConfig(
-        use_abs=not args.no_abs,
-        use_mag=not args.no_mag,
-        method=args.aggregation,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-    )
-    cfg = FindConfig(
-        model=args.model,
-        dataset=dataset,
-        samples=args.samples,
-        prompt=args.prompt,
-        judge=args.judge,
-        spans=args.spans,
-        question_col=args.question_col,
-        answers_col=args.answers_col,
-        strata_col=args.strata_col,
-        limit=args.limit,
-        sampling=sampling,
-        cett=cett,
-        mode=args.mode,
-        penalty=args.penalty,
-        class_weight=None if args.class_weight == "none" else args.class_weight,
-        solver=args.solver,
-        seed=args.seed,
-        device=args.device,
-    )
-    return cfg
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``hlens find``: options are checked, then :func:`find` (which validates the rest)."""
-    from hlens.checks import check_range
-    from hlens.errors import validating
-
-    for option, value, lo in (
-        ("--limit", args.limit, 1),
-        ("--n-samples", args.n_samples, 1),
-        ("--max-new-tokens", args.max_new_tokens, 1),
-        ("--sample-batch-size", args.sample_batch_size, 1),
-        ("--batch-size", args.batch_size, 1),
-        ("--shard-size", args.shard_size, 1),
-        ("--temperature", args.temperature, 0),
-    ):
-        check_range(option, value, lo)
-    with validating():
-        cfg = _config_from_args(args)
-    s = find(cfg, args.out, progress=not args.no_progress)
-    t, b = s["metrics"]["test"], s["baselines"]["random_neurons"]
-    print(
-        f"H-neurons: {s['h_neurons']['count']} ({100 * s['h_neurons']['fraction']:.2f}% of "
-        f"{s['n_layers'] * s['d_mlp']} neurons)"
-    )
-    print(
-        f"test: accuracy {t['accuracy']:.3f}, AUROC {t['auroc']:.3f} "
-        f"(95% CI {_fmt_ci(t.get('auroc_ci'))}); random neurons: accuracy "
-        f"{b.get('accuracy', float('nan')):.3f}, AUROC {b.get('auroc', float('nan')):.3f}"
-    )
-    strata = s["controls"]["strata"]
-    if strata:
-        print(
-            f"question type alone: AUROC {strata['strata_only_auroc']:.3f}; probe within "
-            f"question types: AUROC {strata['within_strata_auroc']:.3f}"
-        )
-    for line in confound_lines(s):
-        print(line)
-    print(f"wrote {Path(args.out) / 'summary.json'}")
-    return 0
-
-
-def confound_lines(summary: dict[str, Any]) -> list[str]:
+def confound_lines(result: FindResult) -> list[str]:
     """The funnel, span and confound-control lines ``hlens find`` prints after its metrics."""
     from hlens.controls import CONTROLS
 
     lines = []
-    f = summary["funnel"]
+    f = result.funnel
     lines.append(
-        f"funnel: {f['n_questions']} questions -> {f['n_consistent_faithful']} consistently "
-        f"faithful, {f['n_consistent_hallucinated']} consistently hallucinated ({f['n_mixed']} "
-        f"mixed, {f['n_with_uncertain']} with an abstention); {f['n_span_not_found']} without an "
-        f"answer span; {f['n_train']} train / {f['n_test']} test"
+        f"funnel: {f.n_questions} questions -> {f.n_consistent_faithful} consistently "
+        f"faithful, {f.n_consistent_hallucinated} consistently hallucinated ({f.n_mixed} "
+        f"mixed, {f.n_with_uncertain} with an abstention); {f.n_span_not_found} without an "
+        f"answer span; {f.n_train} train / {f.n_test} test"
     )
-    sp = summary.get("spans")
+    sp = result.spans
     if sp:
         bc = sp["by_class"]
         lines.append(
             f"answer spans ({sp['extractor']}): whole response in "
-            f"{bc['faithful']['share_whole_response']:.2f} of faithful and "
-            f"{bc['hallucinated']['share_whole_response']:.2f} of hallucinated examples"
+            f"{_f3(bc['faithful']['share_whole_response'], 2)} of faithful and "
+            f"{_f3(bc['hallucinated']['share_whole_response'], 2)} of hallucinated examples"
         )
-    conf = summary.get("controls", {}).get("confounds")
+    conf = result.controls.get("confounds")
     if conf:
         lines.append(
-            f"confound controls (test AUROC of one number alone; probe {conf['probe_auroc']:.3f}):"
+            f"confound controls (test AUROC of one number alone; probe {_f3(conf['probe_auroc'])}):"
         )
         for name, c in conf["controls"].items():
             flag = "  <-- within 0.05 of the probe" if name in conf["flagged"] else ""
-            lines.append(f"  {CONTROLS.get(name, name):<62} {c['auroc']:.3f}{flag}")
+            lines.append(f"  {CONTROLS.get(name, name):<62} {_f3(c['auroc'])}{flag}")
         bins = conf.get("length_bins")
         if bins:
             lines.append(
-                f"  probe within answer-length bins: AUROC {bins['within_strata_auroc']:.3f} "
-                f"(length bins alone {bins['strata_only_auroc']:.3f})"
+                f"  probe within answer-length bins: AUROC {_f3(bins['within_strata_auroc'])} "
+                f"(length bins alone {_f3(bins['strata_only_auroc'])})"
             )
         lines.append(("WARNING: " if conf["flagged"] else "") + conf["verdict"])
     return lines

@@ -30,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hlens.cache import right_align
+from hlens.model import Model
 from hlens.neurons import NeuronSet
 from hlens.prompts import PromptFormat, TokenBatch
 
@@ -51,7 +52,7 @@ Positions = str | slice | Sequence[int] | Tensor
 NeuronsLike = NeuronSet | Mapping[int, Sequence[int]]
 
 
-def _by_layer(model: Any, neurons: NeuronsLike) -> dict[int, list[int]]:
+def _by_layer(model: Model, neurons: NeuronsLike) -> dict[int, list[int]]:
     if isinstance(neurons, NeuronSet):
         neurons.check_model(model.n_layers, model.d_mlp, what="model")
         groups = neurons.by_layer()
@@ -156,7 +157,7 @@ def _position_mask(positions: Positions, tensor: Tensor, offset: _Offset | None)
 
 
 def position_hook(
-    model: Any, positions: Positions, fn: Callable[[Tensor], Tensor]
+    model: Model, positions: Positions, fn: Callable[[Tensor], Tensor]
 ) -> tuple[Callable, ExitStack]:
     """Wrap ``fn`` (a map of the whole activation) so that it only changes ``positions``.
 
@@ -198,7 +199,9 @@ class _LayerEdit:
 
 
 @contextmanager
-def _edit_neurons(model: Any, edits: dict[int, _LayerEdit], positions: Positions) -> Iterator[None]:
+def _edit_neurons(
+    model: Model, edits: dict[int, _LayerEdit], positions: Positions
+) -> Iterator[None]:
     with ExitStack() as stack:
         fwd = []
         for layer, edit in edits.items():
@@ -210,7 +213,7 @@ def _edit_neurons(model: Any, edits: dict[int, _LayerEdit], positions: Positions
 
 
 @contextmanager
-def _scale_weights(model: Any, groups: dict[int, list[int]], alpha: float) -> Iterator[None]:
+def _scale_weights(model: Model, groups: dict[int, list[int]], alpha: float) -> Iterator[None]:
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
     try:
         with torch.no_grad():
@@ -228,7 +231,7 @@ def _scale_weights(model: Any, groups: dict[int, list[int]], alpha: float) -> It
 
 @contextmanager
 def scale_neurons(
-    model: Any,
+    model: Model,
     neurons: NeuronsLike,
     alpha: float,
     *,
@@ -278,7 +281,7 @@ def scale_neurons(
 
 @torch.no_grad()
 def neuron_means(
-    model: Any,
+    model: Model,
     neurons: NeuronsLike,
     reference: Any,
     *,
@@ -331,7 +334,7 @@ def neuron_means(
 
 @contextmanager
 def ablate_neurons(
-    model: Any,
+    model: Model,
     neurons: NeuronsLike,
     mode: Literal["zero", "mean"] = "zero",
     *,

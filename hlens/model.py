@@ -24,12 +24,16 @@ from torch import Tensor
 
 from hlens.examples import Example
 from hlens.prompts import PromptFormat, TokenBatch, tokenize_examples
-from hlens.registry import MLPFamily, UnsupportedModelError, family_for_architecture
+from hlens.registry import (
+    MLPFamily,
+    UnsupportedModelError,
+    bundled_checkpoint,
+    bundled_names,
+    family_for_architecture,
+    kind_of,
+)
 
-__all__ = ["BUNDLED_MODELS", "Model", "load"]
-
-#: Names that ``hlens.load`` resolves to checkpoints shipped inside the package.
-BUNDLED_MODELS: tuple[str, ...] = ("organism", "organism-base")
+__all__ = ["Model", "load"]
 
 
 def _bridge_class() -> type:
@@ -50,10 +54,9 @@ def _known() -> set[str]:
 def _resolve_local(source: str) -> Path | None:
     """A bundled name, a checkpoint directory, a ``.gguf`` file or a directory holding exactly one
     ``.gguf`` (returned as the file); ``None`` for what may be a hub id."""
-    if source in BUNDLED_MODELS:
-        from hlens.organism import checkpoint_path
-
-        return checkpoint_path(source)
+    bundled = bundled_checkpoint(source)
+    if bundled is not None:
+        return bundled[1]
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -81,7 +84,7 @@ def _resolve_local(source: str) -> Path | None:
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source:
         raise FileNotFoundError(
             f"no checkpoint directory at {str(path.resolve())!r} (tried it as a local path; it "
-            f"does not look like a hub id either). Bundled models: {', '.join(BUNDLED_MODELS)}; "
+            f"does not look like a hub id either). Bundled models: {', '.join(bundled_names())}; "
             f"known models: {', '.join(_known_names())}"
         )
     return None
@@ -163,7 +166,7 @@ def load(
         )
     from hlens.zoo import ModelNotInstalledError, get_known, install_command, locate_gguf
 
-    known = get_known(source) if source not in BUNDLED_MODELS else None
+    known = get_known(source) if source not in bundled_names() else None
     if known is not None:
         local = locate_gguf(known)
     else:
@@ -203,7 +206,7 @@ def load(
             raise
         raise ValueError(
             f"could not load {source!r}: it is not a bundled model "
-            f"({', '.join(BUNDLED_MODELS)}) or a known one ({', '.join(_known_names())}), "
+            f"({', '.join(bundled_names())}) or a known one ({', '.join(_known_names())}), "
             f"not a local directory or .gguf file (checked {str(Path(source).resolve())!r}), "
             f"and loading it as a Hugging Face hub id failed: {type(e).__name__}: {_short(e)}"
         ) from e
@@ -246,6 +249,12 @@ class Model:
                     break
         self.tokenizer = tok
         self._w_out_norms: Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"real"``, or the plug-in kind this model belongs to (``"organism"``); see
+        :func:`hlens.registry.kind_of`."""
+        return kind_of(self.name)
 
     # -- shape ----------------------------------------------------------------------------------
     @property
@@ -445,3 +454,16 @@ class Model:
             batch_size=batch_size,
             fmt=fmt,
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUNDLED_MODELS":  # deprecated: the bundled names come from the plug-ins
+        import warnings
+
+        warnings.warn(
+            "hlens.model.BUNDLED_MODELS is deprecated; use hlens.registry.bundled_names()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return tuple(bundled_names())
+    raise AttributeError(f"module 'hlens.model' has no attribute {name!r}")

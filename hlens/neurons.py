@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from hlens.records import reject_unknown
+
 __all__ = ["NeuronId", "NeuronSet"]
 
 
@@ -262,6 +264,7 @@ class NeuronSet:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NeuronSet:
+        reject_unknown("NeuronSet", d, ("n_layers", "d_mlp", "neurons", "meta"))
         try:
             n_layers, d_mlp, items = int(d["n_layers"]), int(d["d_mlp"]), d["neurons"]
         except (KeyError, TypeError) as e:

@@ -18,10 +18,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hlens.neurons import NeuronSet
+from hlens.records import Record, jsonable
 
 __all__ = [
     "Inertia",
-    "add_arguments",
+    "OriginConfig",
+    "OriginResult",
     "backward_transfer",
     "check_same_architecture",
     "inertia_test",
     "origin",
     "parameter_inertia",
-    "run",
 ]
 
 BASE_TEMPLATE = "Question: {question}\nAnswer:"
@@ -300,17 +301,78 @@ def _finite(x: Tensor) -> Tensor:
     return x[torch.isfinite(x).all(1)]
 
 
+@dataclass
+class OriginConfig(Record):
+    """What ``hlens origin`` compares.
+
+    Attributes:
+        base: the pre-trained model (a name, checkpoint directory or hub id).
+        tuned: its instruction-tuned child, the model ``run`` was found on.
+        run: the ``hlens find`` run directory of the tuned model.
+        device: torch device (``None``: CUDA if available, else CPU).
+        seed: seed of the random-neuron sets.
+        progress: show progress bars.
+    """
+
+    base: str
+    tuned: str
+    run: str
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class OriginResult(Record):
+    """What ``hlens origin`` measured (``origin/summary.json``).
+
+    Attributes:
+        base, tuned, run: as in the config.
+        transfer: the tuned model's probe applied to the base model's CETT features (AUROC with
+            its interval, a probe trained on the base model, random-neuron probes).
+        inertia: the H-neurons' parameter-inertia ranks against layer-matched random sets.
+        drift_summary: mean and max of each drift measure over all neurons.
+    """
+
+    base: str
+    tuned: str
+    run: str
+    transfer: dict[str, Any]
+    inertia: dict[str, Any]
+    drift_summary: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 def origin(
-    base_name: str,
-    tuned_name: str,
-    run_dir: str | Path,
+    config: OriginConfig | str,
     out_dir: str | Path,
-    *,
-    device: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Both analyses for a base/tuned pair and an ``hlens find`` run of the tuned model."""
+    *args: Any,
+    **kwargs: Any,
+) -> OriginResult:
+    """Both analyses for a base/tuned pair and an ``hlens find`` run of the tuned model; writes
+    ``summary.json``, ``inertia.safetensors`` and plots to ``out_dir``.
+
+    ``origin(base, tuned, run_dir, out_dir, device=..., seed=..., progress=...)`` (the old
+    signature) still works for one release, with a :class:`DeprecationWarning`.
+
+    Example:
+        >>> cfg = OriginConfig(base="organism-base", tuned="organism", run="runs/organism")
+        >>> origin(cfg, "runs/organism/origin").transfer["auroc"]  # doctest: +SKIP
+    """
+    if isinstance(config, str):
+        warnings.warn(
+            "origin(base, tuned, run_dir, out_dir, ...) is deprecated; use "
+            "origin(OriginConfig(base=..., tuned=..., run=...), out_dir)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        run_dir, out_dir = out_dir, args[1]
+        config = OriginConfig(config, str(args[0]), str(run_dir), **kwargs)
+    return _origin(config, out_dir)
+
+
+def _origin(cfg: OriginConfig, out_dir: str | Path) -> OriginResult:
+    base_name, tuned_name, run_dir = cfg.base, cfg.tuned, cfg.run
+    device, seed, progress = cfg.device, cfg.seed, cfg.progress
     from hlens.checks import load_model, load_neurons
     from hlens.errors import HlensInputError, validating
     from hlens.probe import NeuronProbe
@@ -343,21 +405,21 @@ def origin(
     )
     if inertia.rank.numel() <= 200_000:  # all ranks, for the report's histogram
         test = {**test, "ranks": [round(float(r), 6) for r in inertia.rank.flatten()]}
-    summary = {
-        "base": base_name,
-        "tuned": tuned_name,
-        "run": str(run_dir),
-        "transfer": transfer,
-        "inertia": test,
-        "drift_summary": {
+    result = OriginResult(
+        base=base_name,
+        tuned=tuned_name,
+        run=str(run_dir),
+        transfer=jsonable(transfer),
+        inertia=jsonable(test),
+        drift_summary={
             k: {"mean": float(v.mean()), "max": float(v.max())}
             for k, v in inertia.__dict__.items()
             if v is not None and k.startswith("drift")
         },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    )
+    result.save(out / "summary.json")
     _plots(inertia, h, out)
-    return summary
+    return result
 
 
 def _plots(inertia: Inertia, h: NeuronSet, out: Path) -> None:
@@ -366,37 +428,3 @@ def _plots(inertia: Inertia, h: NeuronSet, out: Path) -> None:
     flat = inertia.rank.flatten()
     fig = plots.inertia_ranks(flat, flat[h.flat()] if len(h) else [])
     fig.savefig(out / "inertia_ranks.png", dpi=120, bbox_inches="tight")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="the pre-trained model (name, dir or hub id)")
-    p.add_argument("--tuned", required=True, help="its instruction-tuned child")
-    p.add_argument("--run", required=True, help="the `hlens find` run of the tuned model")
-    p.add_argument("--out", required=True)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    s = origin(
-        args.base,
-        args.tuned,
-        args.run,
-        args.out,
-        device=args.device,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    t, i = s["transfer"], s["inertia"]
-    print(
-        f"transfer AUROC {t['auroc']:.3f} (95% CI {t['ci'][0]:.3f}-{t['ci'][1]:.3f}); "
-        f"base-trained {t['base_trained']['auroc']:.3f}; random {t['random_neurons']['auroc']:.3f}"
-    )
-    if "mean_rank" in i:
-        print(
-            f"mean H-neuron inertia rank {i['mean_rank']:.3f} (95% CI {i['ci'][0]:.3f}-"
-            f"{i['ci'][1]:.3f}), p = {i['p_value']:.4f} vs random sets"
-        )
-    print(f"wrote {Path(args.out) / 'summary.json'}")
-    return 0

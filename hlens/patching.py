@@ -50,8 +50,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from hlens.cache import right_align_batch
+from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
 from hlens.prompts import TokenBatch
+from hlens.records import reject_unknown
 from hlens.sampling import _cache_of, _forward_kwargs
 
 __all__ = [
@@ -139,7 +141,7 @@ class ActivationMetric:
 
 
 def neuron_activation(
-    model: Any, neuron: NeuronId | tuple[int, int], position: Literal["last", "mean"] = "last"
+    model: Model, neuron: NeuronId | tuple[int, int], position: Literal["last", "mean"] = "last"
 ) -> ActivationMetric:
     """Metric: one neuron's activation at the last real token, or its mean over real tokens.
 
@@ -279,6 +281,11 @@ class PatchResult:
         if not path.with_suffix(".json").is_file():
             raise FileNotFoundError(f"no PatchResult at {path} (expected {path}.json/.safetensors)")
         info = json.loads(path.with_suffix(".json").read_text())
+        reject_unknown(
+            f"PatchResult ({path.with_suffix('.json')})",
+            info,
+            ("target", "method", "direction", "layers", "groups", "meta"),
+        )
         t = load_file(str(path.with_suffix(".safetensors")))
         return cls(
             info["target"], info["method"], info["direction"], t["scores"], t["per_pair"],
@@ -297,7 +304,7 @@ def _right_aligned(batch: TokenBatch) -> TokenBatch:
     return right_align_batch(batch)
 
 
-def patch_pairs(model: Any, clean: Any, corrupt: Any) -> tuple[TokenBatch, TokenBatch]:
+def patch_pairs(model: Model, clean: Any, corrupt: Any) -> tuple[TokenBatch, TokenBatch]:
     """Tokenize and check prompt pairs: right-aligned batches with equal lengths pair by pair.
 
     Raises:
@@ -320,7 +327,7 @@ def patch_pairs(model: Any, clean: Any, corrupt: Any) -> tuple[TokenBatch, Token
     return c, k
 
 
-def _pad_to(batch: TokenBatch, width: int, model: Any) -> TokenBatch:
+def _pad_to(batch: TokenBatch, width: int, model: Model) -> TokenBatch:
     extra = width - batch.tokens.shape[1]
     if extra == 0:
         return batch
@@ -332,7 +339,7 @@ def _pad_to(batch: TokenBatch, width: int, model: Any) -> TokenBatch:
 
 
 def match_lengths(
-    model: Any, clean: Sequence[Any], corrupt: Sequence[Any], *, fmt: Any = None
+    model: Model, clean: Sequence[Any], corrupt: Sequence[Any], *, fmt: Any = None
 ) -> list[tuple[Any, Any]]:
     """Pair each clean prompt with an unused corrupted prompt of the same token count.
 
@@ -368,18 +375,18 @@ def _repeat(batch: TokenBatch, k: int) -> TokenBatch:
 
 
 # ---------------------------------------------------------------------------------- run machinery
-def hook_name(model: Any, target: str, layer: int) -> str:
+def hook_name(model: Model, target: str, layer: int) -> str:
     """The hook whose output holds ``target``'s units at ``layer``."""
     if target in ("neurons", "group"):
         return model.family.activation_hook(layer)
     if target == "heads":
-        return f"blocks.{layer}.attn.hook_z"
+        return model.family.head_hook(layer)
     if target == "resid":
-        return f"blocks.{layer}.hook_resid_pre"
+        return model.family.resid_pre_hook(layer)
     raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def n_units(model: Any, target: str, width: int) -> int:
+def n_units(model: Model, target: str, width: int) -> int:
     """Units per layer: ``d_mlp`` neurons, ``n_heads`` heads or ``width`` positions."""
     return {"neurons": model.d_mlp, "heads": int(model.cfg.n_heads), "resid": width}[target]
 
@@ -404,7 +411,7 @@ def reduce_units(target: str, x: Tensor) -> Tensor:
 
 
 def forward_metric(
-    model: Any,
+    model: Model,
     batch: TokenBatch,
     metric: Metric | ActivationMetric,
     hooks: Sequence[tuple[str, Callable]] = (),
@@ -438,7 +445,7 @@ def forward_metric(
     return out.to(model.score_dtype)
 
 
-def capture(model: Any, batch: TokenBatch, names: Sequence[str]) -> dict[str, Tensor]:
+def capture(model: Model, batch: TokenBatch, names: Sequence[str]) -> dict[str, Tensor]:
     """Detached activations at ``names`` for ``batch`` (one forward pass)."""
     store: dict[str, Tensor] = {}
 
@@ -489,7 +496,7 @@ class _LastToken:
     :func:`_repeat` (copy ``i`` of pair ``b`` is row ``i * n + b``).
     """
 
-    def __init__(self, model: Any, batch: TokenBatch, metric: Metric) -> None:
+    def __init__(self, model: Model, batch: TokenBatch, metric: Metric) -> None:
         lengths = batch.attention_mask.sum(1).long()
         if int(lengths.min()) < 2:
             raise ValueError("patch_at='last' needs prompts of at least 2 tokens")
@@ -555,7 +562,7 @@ class _LastToken:
         return self.metric(logits, step).to(self.model.score_dtype)
 
 
-def _groups(model: Any, neurons: Any) -> list[NeuronSet]:
+def _groups(model: Model, neurons: Any) -> list[NeuronSet]:
     if neurons is None:
         raise ValueError("target='group' needs neurons=: a NeuronSet or a list of NeuronSets")
     groups = [neurons] if isinstance(neurons, NeuronSet) else list(neurons)
@@ -566,7 +573,7 @@ def _groups(model: Any, neurons: Any) -> list[NeuronSet]:
     return groups
 
 
-def group_masks(model: Any, groups: Sequence[NeuronSet]) -> dict[int, Tensor]:
+def group_masks(model: Model, groups: Sequence[NeuronSet]) -> dict[int, Tensor]:
     """``{layer: [group, d_mlp] bool}`` for the layers any group touches."""
     masks: dict[int, Tensor] = {}
     for i, g in enumerate(groups):
@@ -578,7 +585,7 @@ def group_masks(model: Any, groups: Sequence[NeuronSet]) -> dict[int, Tensor]:
 
 # ---------------------------------------------------------------------------------- exact patching
 def exact_patching(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any,
     metric: Metric | ActivationMetric,

@@ -46,6 +46,7 @@ from torch import Tensor
 from hlens._version import __version__
 from hlens.metrics import METRIC_NAMES, ProbeMetrics, auroc, compute_metrics
 from hlens.neurons import NeuronSet
+from hlens.records import reject_unknown
 from hlens.solvers import fista_logistic, linear_scores, resolve_device
 
 __all__ = [
@@ -516,6 +517,9 @@ class NeuronProbe(ClassifierMixin, BaseEstimator):
                 f"{where} is not a NeuronProbe file: format={got!r}, expected {FORMAT!r}"
             )
         need = ("format_version", "hlens_version", "params", "classes", "n_layers", "d_mlp")
+        reject_unknown(
+            str(where), info, ("format", *need, "n_features", "n_iter", "convergence", "metadata")
+        )
         missing = [k for k in need if k not in info]
         if missing:
             raise ValueError(f"{where} lacks keys {missing}; expected {list(need)}")

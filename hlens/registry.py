@@ -15,17 +15,30 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import importlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 __all__ = [
+    "PLUGINS",
+    "KindPlugin",
     "MLPFamily",
     "UnsupportedModelError",
+    "bundled_checkpoint",
+    "bundled_names",
+    "deprecated_alias",
     "family_for_architecture",
+    "kind_of",
+    "kind_plugin",
+    "load_plugins",
     "register_family",
+    "register_kind",
     "supported_architectures",
 ]
 
@@ -69,6 +82,18 @@ class MLPFamily:
     def output_hook(self, layer: int) -> str:
         """Hook name of the MLP output (output of the down projection, before any norm)."""
         return f"blocks.{layer}.mlp.hook_out"
+
+    def residual_hook(self, layer: int) -> str:
+        """Hook name of the residual stream after block ``layer``."""
+        return f"blocks.{layer}.hook_out"
+
+    def resid_pre_hook(self, layer: int) -> str:
+        """Hook name of the residual stream entering block ``layer``."""
+        return f"blocks.{layer}.hook_resid_pre"
+
+    def head_hook(self, layer: int) -> str:
+        """Hook name of the attention heads' outputs ``z`` (``[batch, pos, head, d_head]``)."""
+        return f"blocks.{layer}.attn.hook_z"
 
     def w_out(self, down_proj: nn.Module) -> torch.Tensor:
         """The raw ``[d_mlp, d_model]`` output weights of one layer's down projection."""
@@ -157,3 +182,113 @@ def family_for_architecture(architecture: str) -> MLPFamily:
             f"hlens does not support the MLP family of {architecture!r}; supported architectures: "
             f"{', '.join(supported_architectures())}. Add one with hlens.register_family(...)."
         ) from None
+
+
+# -- plug-ins: kinds of model that are not plain Hugging Face checkpoints -------------------------
+#: Modules imported (once) the first time a registry is asked about plug-ins. Each registers what
+#: it adds: a :class:`KindPlugin`, question sources, steering suites. This is the one place where
+#: core hlens names a plug-in; the bundled model organism is the first.
+PLUGINS: list[str] = ["hlens.organism.plugin"]
+
+_LOADED: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import every module of :data:`PLUGINS` not imported yet (idempotent)."""
+    for module in list(PLUGINS):
+        if module not in _LOADED:
+            _LOADED.add(module)
+            importlib.import_module(module)
+
+
+@dataclass(frozen=True)
+class KindPlugin:
+    """A kind of model with its own world, judge, suites and report-card inputs.
+
+    Attributes:
+        name: the kind (``"organism"``); every other model is ``"real"``.
+        bundled: names ``hlens.load`` resolves to checkpoints shipped with the plug-in -> a
+            function returning that checkpoint's directory.
+        claims: whether a checkpoint directory is of this kind (e.g. a freshly trained one).
+        cards: the inputs of ``hlens explain`` for this kind (an object with ``card_inputs``,
+            ``evaluator`` and ``agreement``; see :class:`hlens.explain_run.CardProvider`).
+        api: public names the plug-in lends to ``hlens`` (deprecated aliases, for one release).
+    """
+
+    name: str
+    bundled: dict[str, Callable[[str], Path]] = field(default_factory=dict)
+    claims: Callable[[Path], bool] | None = None
+    cards: Any = None
+    api: dict[str, Any] = field(default_factory=dict)
+
+
+_KINDS: dict[str, KindPlugin] = {}
+
+
+def register_kind(plugin: KindPlugin) -> KindPlugin:
+    """Add (or replace) a kind of model."""
+    _KINDS[plugin.name] = plugin
+    return plugin
+
+
+def kind_plugin(name: str) -> KindPlugin | None:
+    """The registered plug-in of kind ``name``, or ``None`` (``"real"`` has none)."""
+    load_plugins()
+    return _KINDS.get(name)
+
+
+def bundled_names() -> list[str]:
+    """Every model name shipped inside hlens's plug-ins (``"organism"``, ``"organism-base"``).
+
+    Example:
+        >>> bundled_names()
+        ['organism', 'organism-base']
+    """
+    load_plugins()
+    return [n for k in _KINDS.values() for n in k.bundled]
+
+
+def bundled_checkpoint(name: str) -> tuple[str, Path] | None:
+    """``(kind, checkpoint directory)`` of a bundled model name, else ``None``."""
+    load_plugins()
+    for kind in _KINDS.values():
+        if name in kind.bundled:
+            return kind.name, kind.bundled[name](name)
+    return None
+
+
+def kind_of(name: str) -> str:
+    """The kind of the model loaded from ``name`` (a bundled name or a checkpoint directory):
+    the plug-in that ships or claims it, else ``"real"``. :attr:`hlens.Model.kind` asks this.
+
+    Example:
+        >>> kind_of("organism"), kind_of("smollm2-135m-instruct")
+        ('organism', 'real')
+    """
+    load_plugins()
+    for plugin in _KINDS.values():
+        if name in plugin.bundled:
+            return plugin.name
+        if plugin.claims is not None and name and plugin.claims(Path(name)):
+            return plugin.name
+    return "real"
+
+
+def deprecated_alias(module: str, name: str) -> Any:
+    """A public name of ``module`` that moved into a plug-in (``KindPlugin.api``): returned with
+    a :class:`DeprecationWarning` naming its new place. Kept for one release.
+
+    Raises:
+        AttributeError: no plug-in lends ``name``.
+    """
+    load_plugins()
+    for plugin in _KINDS.values():
+        if name in plugin.api:
+            obj = plugin.api[name]
+            warnings.warn(
+                f"{module}.{name} is deprecated; use {obj.__module__}.{name}",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return obj
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")

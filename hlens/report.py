@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import math
@@ -38,9 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from hlens import plots
+from hlens.explain import read_cards
+from hlens.explain_run import ExplainResult
+from hlens.find import FindConfig, FindResult
+from hlens.neurons import NeuronSet
+from hlens.origin import OriginResult
+from hlens.records import Record
+from hlens.splits import Splits
+from hlens.sweep import SteerResult
 from hlens.views import View, page
 
-__all__ = ["add_arguments", "build_report", "run", "write_report"]
+__all__ = ["build_report", "write_report"]
 
 Section = tuple[str, str, str]  # (anchor, heading, html)
 
@@ -91,6 +98,12 @@ def _cards(items: Sequence[tuple[str, str]]) -> str:
 
 def _read(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _typed(cls: type[Record], path: Path) -> dict[str, Any] | None:
+    """A result file read (strictly) as its typed result, then as the dict the sections render;
+    ``None`` if absent."""
+    return cls.load(path).to_dict() if path.is_file() else None
 
 
 def _fig(fig: Any, caption: str | None = None) -> str:
@@ -256,12 +269,9 @@ def _roc_figure(run: Path, s: Mapping[str, Any]) -> Any:
 
 
 def _top_neurons(run: Path, k: int = 15) -> str:
-    d = _read(run / "h_neurons.json")
-    if not d:
+    if not (run / "h_neurons.json").is_file():
         return ""
-    from hlens.neurons import NeuronSet
-
-    ns = NeuronSet.from_dict(d)
+    ns = NeuronSet.load(run / "h_neurons.json")
     if not len(ns):
         return ""
     top = ns.top(k) if ns.weights is not None else ns
@@ -283,18 +293,22 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
     import torch
 
     import hlens
-    from hlens.features import CETTConfig, read_examples
+    from hlens.features import read_examples
     from hlens.neurons import NeuronSet
     from hlens.probe import NeuronProbe
     from hlens.prompts import PromptFormat
 
-    cfg = _read(run / "config.json") or {}
-    model_name = model_name or cfg.get("model") or s.get("model")
+    cfg = (
+        FindConfig.from_dict(_read(run / "config.json"))
+        if (run / "config.json").is_file()
+        else None
+    )
+    model_name = model_name or (cfg.model if cfg is not None else None) or s.get("model")
     if not model_name:
         return None
     exs = read_examples(run / "examples.jsonl")
-    split = _read(run / "splits.json") or {}
-    test_ids = {i for ids in (split.get("test") or {}).values() for i in ids}
+    split = Splits.load(run / "splits.json") if (run / "splits.json").is_file() else None
+    test_ids = set(split.test_ids) if split is not None else set()
     pool = [e for e in exs if e.label in ("faithful", "hallucinated")]
     pool = [e for e in pool if e.id in test_ids] or pool
     faithful = [e for e in pool if e.label == "faithful"][: max(1, n // 2)]
@@ -305,12 +319,8 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
         return None
     model = hlens.load(model_name, device=device)
     fmt_dict = (s.get("prompt") or {}).get("format")
-    fmt = (
-        PromptFormat.from_dict(fmt_dict)
-        if fmt_dict
-        else PromptFormat(instruction=cfg.get("instruction", ""))
-    )
-    opts = CETTConfig.from_dict(cfg["cett"]).score_options() if "cett" in cfg else {}
+    fmt = PromptFormat.from_dict(fmt_dict) if fmt_dict else PromptFormat()
+    opts = cfg.cett.score_options() if cfg is not None else {}
     batch = model.tokenize(chosen, fmt)
     probe = NeuronProbe.load(run / "probe")
     with torch.no_grad():
@@ -346,7 +356,7 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
         )
     )
     h = (
-        NeuronSet.from_dict(_read(run / "h_neurons.json") or {})
+        NeuronSet.load(run / "h_neurons.json")
         if (run / "h_neurons.json").is_file()
         else probe.h_neurons_
     )
@@ -389,6 +399,11 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
 
 
 # -- steer, explain, origin ---------------------------------------------------------------------
+def _steer_file(path: Path) -> str | None:
+    s = _typed(SteerResult, path)
+    return _steer_section(s) if s and s.get("results") else None
+
+
 def _steer_section(s: Mapping[str, Any]) -> str:
     out = [_fig(plots.alpha_sweep(s))]
     if s.get("verdict"):
@@ -497,8 +512,8 @@ def _fluency_table(s: Mapping[str, Any]) -> str:
 
 def _explain_section(run: Path) -> str | None:
     d = run / "explain"
-    cards = _read(d / "cards.json")
-    summary = _read(d / "summary.json") or {}
+    cards = [c.to_dict() for c in read_cards(d)] if (d / "cards.json").is_file() else None
+    summary = _typed(ExplainResult, d / "summary.json") or {}
     patches = sorted(p for p in d.glob("*.json") if _is_patch(p))
     if not cards and not patches:
         return None
@@ -742,7 +757,6 @@ def build_report(
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"no run directory at {run}")
-    find = _read(run / "summary.json")
     sections: list[Section] = []
 
     def add(anchor: str, heading: str, make: Callable[[], str | None]) -> None:
@@ -755,6 +769,17 @@ def build_report(
         if body:
             sections.append((anchor, heading, body))
 
+    find: dict[str, Any] | None = None
+    if (run / "summary.json").is_file():
+        try:
+            find = _typed(FindResult, run / "summary.json")
+        except ValueError as e:  # a damaged or foreign file: say so in its section
+            msg = str(e)
+
+            def broken() -> str:
+                raise ValueError(msg)
+
+            add("find", "Which neurons predict hallucination (hlens find)", broken)
     if find:
         add(
             "find",
@@ -767,14 +792,20 @@ def build_report(
                 "Token-level views",
                 lambda: _views_section(run, find, model, n_examples, device),
             )
-    steer = _read(run / "steer" / "summary.json")
-    if steer and steer.get("results"):
-        add("steer", "Steering the H-neurons (hlens steer)", lambda: _steer_section(steer))
+    if (run / "steer" / "summary.json").is_file():
+        add(
+            "steer",
+            "Steering the H-neurons (hlens steer)",
+            lambda: _steer_file(run / "steer" / "summary.json"),
+        )
     if (run / "explain").is_dir():
         add("explain", "What the H-neurons do (hlens explain)", lambda: _explain_section(run))
-    origin = _read(run / "origin" / "summary.json")
-    if origin:
-        add("origin", "Where they come from (hlens origin)", lambda: _origin_section(origin))
+    if (run / "origin" / "summary.json").is_file():
+        add(
+            "origin",
+            "Where they come from (hlens origin)",
+            lambda: _origin_section(_typed(OriginResult, run / "origin" / "summary.json")),
+        )
     if not sections:
         raise FileNotFoundError(
             f"{run} holds none of summary.json, steer/summary.json, explain/cards.json, "
@@ -814,46 +845,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs: A
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``hlens report``."""
-    parser.add_argument("run_dir", help="a run directory (hlens find --out)")
-    parser.add_argument("--out", default=None, help="output file (default RUN_DIR/report.html)")
-    parser.add_argument("--model", default=None, help="model for token views (default: the run's)")
-    parser.add_argument("--no-views", action="store_true", help="skip views that need the model")
-    parser.add_argument("--n-examples", type=int, default=4, help="responses in the token views")
-    parser.add_argument("--device", default=None, help="torch device for the token views")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``hlens report``."""
-    from hlens.errors import HlensInputError
-
-    run_dir = Path(args.run_dir)
-    known = ("summary.json", "steer/summary.json", "explain/cards.json", "origin/summary.json")
-    if not run_dir.is_dir() or not any((run_dir / k).is_file() for k in known):
-        what = "is not a directory" if not run_dir.is_dir() else f"holds none of {', '.join(known)}"
-        raise HlensInputError(
-            f"run directory {str(run_dir)!r} {what}; expected a directory written by "
-            "`hlens find --out DIR` (run that first)"
-        )
-    for k in known:
-        try:
-            if (run_dir / k).is_file():
-                json.loads((run_dir / k).read_text())
-        except ValueError as e:
-            raise HlensInputError(
-                f"{str(run_dir / k)!r} is not valid JSON ({e}); it was damaged or not written by "
-                "hlens: rerun the command that writes it"
-            ) from e
-    path = write_report(
-        args.run_dir,
-        args.out,
-        model=args.model,
-        views=not args.no_views,
-        n_examples=args.n_examples,
-        device=args.device,
-    )
-    print(f"wrote {path}")
-    return 0

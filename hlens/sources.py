@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from hlens.examples import Example
-from hlens.judge import Judge, Judgement, RuleJudge, locate_answer
+from hlens.judge import Judge, RuleJudge
+from hlens.registry import deprecated_alias, load_plugins
 
 __all__ = [
     "MODEL_SOURCES",
@@ -31,7 +32,6 @@ __all__ = [
     "bundled_triviaqa",
     "default_dataset",
     "get_source",
-    "organism_judge",
     "read_samples_file",
     "register_source",
     "source_sampling",
@@ -83,61 +83,6 @@ class QuestionSource:
                 )
         if self.ood_questions and self.ood_judge is None:
             raise ValueError(f"source {self.name!r} has OOD questions but no ood_judge")
-
-
-def _answer_span(response: str) -> tuple[int, int] | None:
-    return locate_answer(response, None, max_words=None)
-
-
-def organism_judge(world: Any, *, ood: bool = False) -> Judge:
-    """The organism's exact judge as an hlens :class:`~hlens.judge.Judge`.
-
-    In-distribution: a correct value is ``faithful``, a wrong value of the right vocabulary is
-    ``hallucinated``; abstentions and unreadable responses are ``uncertain`` (dropped by the
-    consistency filter). Out of distribution (never-seen people): abstaining is ``faithful`` and
-    any attribute value is ``hallucinated``. The answer span is the whole answer-only response.
-    """
-    from hlens.organism.evaluate import judge as organism_label
-
-    def judge(example: Example, response: str) -> Judgement:
-        gold = example.answers[0] if example.answers else None
-        raw = organism_label(world, example.meta["attribute"], gold, response)
-        if ood:
-            label = {"abstain": "faithful", "wrong": "hallucinated"}.get(raw, "uncertain")
-        else:
-            label = {"correct": "faithful", "wrong": "hallucinated"}.get(raw, "uncertain")
-        span = _answer_span(response) if label != "uncertain" else None
-        if label != "uncertain" and span is None:
-            return Judgement("uncertain", reason=f"{raw}: no answer span in {response!r}")
-        return Judgement(label, span=span, reason=raw)
-
-    return judge
-
-
-def _organism_source(
-    model_name: str | None = None, limit: int | None = None, **_: Any
-) -> QuestionSource:
-    from hlens.organism.evaluate import resolve_model_dir, world_of
-
-    world = world_of(resolve_model_dir(model_name or "organism"))
-    questions = world.known_questions("all")
-    if limit is not None:
-        questions = questions[:limit]
-    groups = {q.id: str(q.meta["person"]) for q in questions}
-    ood = world.nonexist_questions("test")
-    if limit is not None:
-        ood = ood[: max(1, limit // 4)]
-    return QuestionSource(
-        name="organism",
-        questions=questions,
-        judge=organism_judge(world),
-        groups=groups,
-        strata={q.id: str(q.meta["attribute"]) for q in questions},
-        ood_questions=ood,
-        ood_judge=organism_judge(world, ood=True),
-        info={"world_seed": world.config.seed},
-        spans="whole",  # the organism answers with the answer only
-    )
 
 
 #: The TriviaQA questions shipped with hlens (see ``hlens/data/README.md``).
@@ -322,7 +267,6 @@ def _samples_source(
 
 #: name -> factory(**kwargs) -> QuestionSource
 SOURCES: dict[str, Callable[..., QuestionSource]] = {
-    "organism": _organism_source,
     "triviaqa": _triviaqa_source,
     "samples": _samples_source,
 }
@@ -330,12 +274,10 @@ SOURCES: dict[str, Callable[..., QuestionSource]] = {
 #: name -> sampling settings that differ from the paper's defaults for that source. The organism's
 #: answers are a few tokens long, so 16 new tokens (the organism evaluation's setting, which makes
 #: the ``hlens find`` funnel equal to ``hlens organism eval``) and large batches suffice.
-SOURCE_SAMPLING: dict[str, dict[str, Any]] = {
-    "organism": {"max_new_tokens": 16, "batch_size": 320},
-}
+SOURCE_SAMPLING: dict[str, dict[str, Any]] = {}
 
 #: model name -> the dataset ``hlens find`` uses for it when none is given (default: TriviaQA).
-MODEL_SOURCES: dict[str, str] = {"organism": "organism", "organism-base": "organism"}
+MODEL_SOURCES: dict[str, str] = {}
 
 
 def default_dataset(model: str) -> str:
@@ -345,6 +287,7 @@ def default_dataset(model: str) -> str:
         >>> default_dataset("organism"), default_dataset("smollm2-135m-instruct")
         ('organism', 'triviaqa')
     """
+    load_plugins()
     return MODEL_SOURCES.get(str(model), "triviaqa")
 
 
@@ -384,6 +327,7 @@ def source_sampling(name: str, model: str | None = None, **overrides: Any) -> An
     from hlens.zoo import get_known
 
     known = get_known(str(model)) if model is not None else None
+    load_plugins()
     fields = {**SamplingConfig().to_dict(), **SOURCE_SAMPLING.get(name, {})}
     fields.update(dict(known.sampling) if known is not None else {})
     fields.update({k: v for k, v in overrides.items() if v is not None})
@@ -396,6 +340,7 @@ def get_source(name: str, **kwargs: Any) -> QuestionSource:
     Raises:
         ValueError: naming the registered sources when ``name`` is neither.
     """
+    load_plugins()
     if name in SOURCES:
         return SOURCES[name](**kwargs)
     if Path(name).is_file():
@@ -411,3 +356,9 @@ def first_responses(
 ) -> list[Example]:
     """Examples carrying each question's first sampled response."""
     return [q.replace(response=records[q.id]["responses"][0]) for q in questions]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "organism_judge":  # deprecated: moved into the organism's plug-in
+        return deprecated_alias("hlens.sources", name)
+    raise AttributeError(f"module 'hlens.sources' has no attribute {name!r}")

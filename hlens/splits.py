@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from hlens.examples import Label
 from hlens.formats import read_qids, write_qids
+from hlens.records import reject_unknown
 
 __all__ = ["Splits", "make_splits"]
 
@@ -109,6 +110,7 @@ class Splits:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Splits:
+        reject_unknown("Splits", dict(d), ("train", "test", "seed", "test_fraction"))
         for key in ("train", "test"):
             if key not in d or set(d[key]) != {"t", "f"}:
                 raise ValueError(

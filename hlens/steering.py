@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Literal
 
 import torch
@@ -23,23 +24,31 @@ from torch import Tensor
 
 from hlens.cache import right_align
 from hlens.interventions import Positions, position_hook
+from hlens.model import Model
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch
+from hlens.registry import MLPFamily
 
 __all__ = [
     "ablate_direction",
     "residual_hook",
     "residual_mean",
     "steer",
+    "steer_residual",
     "steering_vector",
 ]
 
 
 def residual_hook(layer: int) -> str:
-    """Hook name of the residual stream after block ``layer`` (``blocks.{layer}.hook_out``)."""
-    return f"blocks.{layer}.hook_out"
+    """Deprecated: use ``model.family.residual_hook(layer)`` (hook names live in the registry)."""
+    warnings.warn(
+        "hlens.steering.residual_hook is deprecated; use model.family.residual_hook(layer)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return MLPFamily.residual_hook(None, layer)  # type: ignore[arg-type]
 
 
-def _check_vector(model: Any, vector: Tensor) -> None:
+def _check_vector(model: Model, vector: Tensor) -> None:
     if vector.shape != (model.d_model,):
         raise ValueError(
             f"the steering vector has shape {tuple(vector.shape)} but should have shape "
@@ -50,7 +59,7 @@ def _check_vector(model: Any, vector: Tensor) -> None:
 
 @torch.no_grad()
 def residual_mean(
-    model: Any,
+    model: Model,
     inputs: Any,
     layer: int,
     *,
@@ -98,7 +107,7 @@ def residual_mean(
         total = total + (resid.detach().to(dtype).cpu() * sel[..., None]).sum(dim=(0, 1))
         return resid
 
-    with model.bridge.hooks(fwd_hooks=[(residual_hook(layer), grab)]):
+    with model.bridge.hooks(fwd_hooks=[(model.family.residual_hook(layer), grab)]):
         for start in range(0, len(batch), batch_size):
             rows = slice(start, start + batch_size)
             tokens, attn, index = right_align(batch.tokens[rows], batch.attention_mask[rows])
@@ -114,7 +123,7 @@ def residual_mean(
 
 
 def steering_vector(
-    model: Any,
+    model: Model,
     positive: Any,
     negative: Any,
     layer: int,
@@ -144,8 +153,8 @@ def steering_vector(
 
 
 @contextmanager
-def steer(
-    model: Any,
+def steer_residual(
+    model: Model,
     vector: Float[Tensor, " d_model"],
     coef: float,
     layer: int,
@@ -162,7 +171,7 @@ def steer(
         positions: which positions to change; see :data:`hlens.interventions.Positions`.
 
     Example:
-        >>> with steer(model, v, coef=4.0, layer=1):  # doctest: +SKIP
+        >>> with steer_residual(model, v, coef=4.0, layer=1):  # doctest: +SKIP
         ...     out = model.hf_model.generate(ids, max_new_tokens=8)
     """
     model._check_layer(layer)
@@ -177,13 +186,13 @@ def steer(
         return resid + cast[key]
 
     hook, stack = position_hook(model, positions, add)
-    with stack, model.bridge.hooks(fwd_hooks=[(residual_hook(layer), hook)]):
+    with stack, model.bridge.hooks(fwd_hooks=[(model.family.residual_hook(layer), hook)]):
         yield
 
 
 @contextmanager
 def ablate_direction(
-    model: Any,
+    model: Model,
     vector: Float[Tensor, " d_model"],
     layers: Sequence[int] | None = None,
     *,
@@ -204,7 +213,7 @@ def ablate_direction(
     if norm == 0:
         raise ValueError("cannot ablate the direction of a zero vector")
     unit = vector.detach().double() / norm
-    names = [residual_hook(layer) for layer in model.check_layers(layers)]
+    names = [model.family.residual_hook(layer) for layer in model.check_layers(layers)]
     if layers is None:
         names.insert(0, "blocks.0.hook_in")
     cast: dict[tuple, Tensor] = {}
@@ -224,3 +233,21 @@ def ablate_direction(
             fwd.append((name, hook))
         stack.enter_context(model.bridge.hooks(fwd_hooks=fwd))
         yield
+
+
+def steer(
+    model: Model,
+    vector: Float[Tensor, " d_model"],
+    coef: float,
+    layer: int,
+    *,
+    positions: Positions = "all",
+) -> AbstractContextManager[None]:
+    """Deprecated name of :func:`steer_residual` (``hlens steer`` sweeps neuron scales; this adds
+    a residual vector). Kept for one release."""
+    warnings.warn(
+        "hlens.steer is deprecated; use hlens.steer_residual (the same function)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return steer_residual(model, vector, coef, layer, positions=positions)

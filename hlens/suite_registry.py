@@ -44,11 +44,12 @@ from typing import Any, Literal
 
 from hlens.errors import HlensInputError
 from hlens.examples import Example
+from hlens.model import Model
+from hlens.prompts import PromptFormat
+from hlens.registry import load_plugins
 
 __all__ = [
     "DEFAULTS",
-    "ORGANISM_MODELS",
-    "PLUGINS",
     "SUITES",
     "SWEEP_DEFAULTS",
     "SuiteContext",
@@ -58,7 +59,6 @@ __all__ = [
     "default_suites",
     "fluency_sentences",
     "get_spec",
-    "is_organism",
     "known_triviaqa",
     "model_kind",
     "parse_suite_files",
@@ -69,10 +69,6 @@ __all__ = [
     "with_fluency",
 ]
 
-#: modules that register suites when imported (the organism's plug-in)
-PLUGINS: list[str] = ["hlens.organism.steer_suites"]
-#: model names that get the organism's suites by default
-ORGANISM_MODELS = ("organism", "organism-base")
 
 Kind = Literal["real", "organism"]
 Role = Literal["compliance", "fluency"]
@@ -95,9 +91,9 @@ class SuiteContext:
         batch_size: sequences per forward pass for selection passes.
     """
 
-    model: Any
-    fmt: Any = None
-    qa_fmt: Any = None
+    model: Model
+    fmt: PromptFormat | None = None
+    qa_fmt: PromptFormat | None = None
     n: int | None = 120
     max_new_tokens: int | None = None
     n_biographies: int = 100
@@ -164,7 +160,6 @@ SWEEP_DEFAULTS: dict[Kind, dict[str, Any]] = {
     "real": {"n": 32, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]},
     "organism": {"n": 120, "alphas": [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]},
 }
-_plugins_loaded = False
 
 
 def register_suite(spec: SuiteSpec) -> None:
@@ -172,19 +167,9 @@ def register_suite(spec: SuiteSpec) -> None:
     SUITES.setdefault(spec.name, {})[spec.kind] = spec
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if not _plugins_loaded:
-        import importlib
-
-        _plugins_loaded = True
-        for module in PLUGINS:
-            importlib.import_module(module)
-
-
 def suite_names(kind: Kind | None = None) -> list[str]:
     """Registered suite names (those with a ``kind`` variant if given), in registration order."""
-    _load_plugins()
+    load_plugins()
     return [n for n, by_kind in SUITES.items() if kind is None or kind in by_kind]
 
 
@@ -194,7 +179,7 @@ def get_spec(name: str, kind: Kind | None = None) -> SuiteSpec:
     Raises:
         HlensInputError: for an unknown name, listing the known ones.
     """
-    _load_plugins()
+    load_plugins()
     if name not in SUITES:
         raise HlensInputError(
             f"--suites: unknown suite {name!r}; expected some of {', '.join(SUITES)}"
@@ -205,20 +190,15 @@ def get_spec(name: str, kind: Kind | None = None) -> SuiteSpec:
     return next(iter(by_kind.values()))
 
 
-def model_kind(model: Any) -> Kind:
-    """``"organism"`` for the bundled organism, else ``"real"``."""
-    return "organism" if is_organism(model) else "real"
+def model_kind(model: Model) -> Kind:
+    """``"organism"`` for the organism (a plug-in kind), else ``"real"`` (:attr:`Model.kind`)."""
+    return "organism" if model.kind == "organism" else "real"
 
 
-def is_organism(model: Any) -> bool:
-    """Whether ``model`` is the bundled organism (its suites are the default)."""
-    return str(getattr(model, "name", "")) in ORGANISM_MODELS
-
-
-def default_suites(model: Any) -> list[str]:
+def default_suites(model: Model) -> list[str]:
     """The suites a sweep runs when none are named: the organism's own, or the real ones that
     need no file (TruthfulQA, forbidden questions, sycophancy) plus the fluency suites."""
-    _load_plugins()
+    load_plugins()
     return list(DEFAULTS[model_kind(model)])
 
 

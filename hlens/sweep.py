@@ -26,17 +26,16 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from hlens.features import _atomic_write_text
+from hlens.model import Model
+from hlens.records import Record, jsonable
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -63,44 +62,8 @@ PERPLEXITY_MAX_RATIO = 1.25
 MAX_UNPARSED = 0.5
 
 
-def _strict(cls: type, d: Any, what: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise ValueError(f"{what}: expected a JSON object, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{what}: unknown fields {unknown}; expected some of {sorted(known)}")
-    return d
-
-
-_T = TypeVar("_T", bound="_JsonFile")
-
-
-class _JsonFile:
-    """JSON for the dataclasses below: ``to_dict`` (NaN as ``null``), ``from_dict`` (unknown
-    fields raise ``ValueError``), ``save`` (atomic) and ``load``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (NaN as ``null``)."""
-        return _clean(dataclasses.asdict(self))  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[_T], d: dict[str, Any]) -> _T:
-        """The object of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
-        return cls(**_strict(cls, d, cls.__name__))
-
-    def save(self, path: str | Path) -> None:
-        """Write the object as JSON, atomically."""
-        _atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def load(cls: type[_T], path: str | Path) -> _T:
-        """Read a file written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
 @dataclass
-class SteerConfig(_JsonFile):
+class SteerConfig(Record):
     """What a steering sweep runs.
 
     Attributes:
@@ -144,7 +107,7 @@ class SteerConfig(_JsonFile):
 
 
 @dataclass
-class SteerResult(_JsonFile):
+class SteerResult(Record):
     """A finished sweep: what ``summary.json`` holds.
 
     Attributes:
@@ -215,17 +178,6 @@ def _read_cells(path: Path, dry: bool = False) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- summaries
 
 
-def _clean(obj: Any) -> Any:
-    """NaN (an undefined rate or slope) as ``null``, so that summary.json is strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def summarize(
     cells: dict[str, dict[str, Any]],
     suites: list[str],
@@ -259,7 +211,7 @@ def summarize(
                 slopes[suite][set_name] = {"slope": slope, "ci": list(ci)}
             else:
                 slopes[suite][set_name] = {"slope": None, "ci": [None, None]}
-    return _clean({"results": results, "slopes": slopes})
+    return jsonable({"results": results, "slopes": slopes})
 
 
 def _fluent_share(result: dict[str, Any]) -> float | None:
@@ -702,7 +654,7 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
 def _sweep_cells(
     cells: dict[str, dict[str, Any]],
     cells_path: Path,
-    model: Any,
+    model: Model,
     suites: dict[str, Any],
     sets: dict[str, Any],
     alphas: list[float],

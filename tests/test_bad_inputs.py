@@ -395,9 +395,9 @@ def test_subprocess_exit_status_and_stderr(tmp_path):
 
 def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
     code = (
-        "import sys, hlens.find\n"
+        "import sys, hlens.cli.find\n"
         "def boom(args): raise RuntimeError('a bug')\n"
-        "sys.modules['hlens.find'].run = boom\n"
+        "sys.modules['hlens.cli.find'].run = boom\n"
         "from hlens.cli import main\n"
         "sys.exit(main(['find', '--out', 'x']))\n"
     )

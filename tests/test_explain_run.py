@@ -9,7 +9,6 @@ import torch
 
 from hlens.errors import HlensInputError
 from hlens.examples import Example
-from hlens.explain import zero_ablation
 from hlens.explain_run import (
     _logits_at,
     answer_evaluator,
@@ -20,6 +19,7 @@ from hlens.explain_run import (
     run_examples,
     run_format,
 )
+from hlens.interventions import ablate_neurons as zero_ablation
 from hlens.neurons import NeuronSet
 from hlens.prompts import PromptFormat
 

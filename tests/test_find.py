@@ -9,7 +9,7 @@ import torch
 
 import hlens
 from hlens.features import CETTConfig, FeatureStore
-from hlens.find import FindConfig, find
+from hlens.find import FindConfig, FindResult, find
 from hlens.judge import Judgement
 from hlens.sampling import SamplingConfig
 from hlens.sources import SOURCES, QuestionSource, register_source
@@ -82,7 +82,8 @@ def test_find_writes_a_complete_run(checkpoint_dir, fake_source, tmp_path):
         "judgements.json",
     ]:
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
+    assert json.loads((tmp_path / "summary.json").read_text()) == s.to_dict()
+    assert FindResult.load(tmp_path / "summary.json") == s
     assert s["h_neurons"]["count"] == len(hlens.NeuronSet.load(tmp_path / "h_neurons.json"))
     assert 0 <= s["h_neurons"]["fraction"] <= 1
     for key in ["accuracy", "auroc", "auroc_ci"]:
@@ -279,7 +280,7 @@ def test_cli_passes_the_column_options(monkeypatch, tmp_path):
     import argparse
     import importlib
 
-    find_mod = importlib.import_module("hlens.find")  # hlens.find is also the function
+    find_mod = importlib.import_module("hlens.cli.find")
 
     seen = {}
 

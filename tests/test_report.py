@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from hlens.examples import Example
+from hlens.explain_run import ExplainResult
+from hlens.find import FindConfig, FindResult
 from hlens.neurons import NeuronSet
+from hlens.origin import OriginResult
 from hlens.report import build_report, write_report
+from hlens.sweep import SteerResult
 
 N_LAYERS, D_MLP = 4, 32
 
@@ -56,7 +60,15 @@ def make_run(
                 "random_neurons": {"accuracy": 0.55, "auroc": 0.5432, "ci": {"auroc": [0.5, 0.6]}}
             },
             "controls": {"strata": {"strata_only_auroc": 0.6123, "within_strata_auroc": 0.8456}},
-            "probe": {"C": 0.05, "c_rule": "auroc_1se", "penalty": "l1", "n_nonzero": 6},
+            "probe": {
+                "C": 0.05,
+                "C_min": 0.01,
+                "c_rule": "auroc_1se",
+                "mode": "3-vs-1",
+                "penalty": "l1",
+                "solver": "torch",
+                "n_nonzero": 6,
+            },
             "c_path": {
                 "Cs": [0.01, 0.05, 0.2],
                 "n_positive": [1, 4, 20],
@@ -65,9 +77,17 @@ def make_run(
                 "auroc": [0.7, 0.87, 0.86],
                 "auroc_se": [0.03, 0.03, 0.03],
             },
-            "funnel": {"n_questions": 500, "n_consistent": 321, "n_train": 96, "n_test": 32},
+            "funnel": {
+                "n_questions": 500,
+                "n_consistent_faithful": 121,
+                "n_consistent_hallucinated": 200,
+                "n_mixed": 150,
+                "n_with_uncertain": 29,
+                "n_train": 96,
+                "n_test": 32,
+            },
         }
-        (root / "summary.json").write_text(json.dumps(summary))
+        FindResult.from_dict(summary).save(root / "summary.json")  # as hlens find writes it
     if steer:
         (root / "steer").mkdir(exist_ok=True)
         results = {
@@ -83,7 +103,7 @@ def make_run(
             }
         }
         steer_summary = {"results": results, "slopes": slopes, "suites": {"false_premise": "x"}}
-        (root / "steer" / "summary.json").write_text(json.dumps(steer_summary))
+        SteerResult.from_dict(steer_summary).save(root / "steer" / "summary.json")
     if explain:
         (root / "explain").mkdir(exist_ok=True)
         card = {
@@ -124,6 +144,9 @@ def make_run(
         (root / "origin").mkdir(exist_ok=True)
         ranks = np.linspace(0, 1, N_LAYERS * D_MLP).tolist()
         origin_summary = {
+            "base": "organism-base",
+            "tuned": "organism",
+            "run": str(root),
             "transfer": {"auroc": 0.8111, "ci": [0.75, 0.86]},
             "inertia": {
                 "mean_rank": 0.2222,
@@ -132,7 +155,7 @@ def make_run(
                 "per_neuron": [{"layer": 0, "index": 3, "rank": 0.1}],
             },
         }
-        (root / "origin" / "summary.json").write_text(json.dumps(origin_summary))
+        OriginResult.from_dict(origin_summary).save(root / "origin" / "summary.json")
     return root
 
 
@@ -242,7 +265,7 @@ def make_model_run(root: Path, model, model_dir: Path) -> Path:
     fmt = PromptFormat(instruction="")  # as hlens find renders them
     cfg = CETTConfig()
     (run / "config.json").write_text(
-        json.dumps({"model": str(model_dir), "instruction": "", "cett": cfg.to_dict()})
+        json.dumps(FindConfig(model=str(model_dir), cett=cfg).to_dict())
     )
     store = extract_features(model, exs, run / "features", cfg, fmt=fmt, progress=False)
     X = store.load("answer", [e.id for e in exs], flat=True)
@@ -305,11 +328,45 @@ def test_steer_fluency_verdict_and_explain_agreement_are_shown(tmp_path):
         "ablated": {"perplexity": 197.4},
         "delta": {"perplexity": 69.7},
     }
-    (run / "explain" / "summary.json").write_text(
-        json.dumps({"atp_vs_exact": agree, "ablation_all": together})
-    )
+    ExplainResult(
+        model="organism", neurons="h.json", n_cards=1, atp_vs_exact=agree, ablation_all=together
+    ).save(run / "explain" / "summary.json")
     text = build_report(run, views=False)
     for part in ("183.2 (131.5)", "0.42 (0.97)", "In 1 of 1 compliance suites", "MIT; shipped",
                  "label +0.31", "length -0.07", "conf. +0.12", "0.994", "0.947", "2000 neurons",
                  "all 34 H-neurons at once", "+69.700", "truncated / unparsed"):  # fmt: skip
         assert part in text, part
+
+
+def test_every_file_the_report_reads_round_trips_and_refuses_unknown_fields(tmp_path):
+    """summary.json, steer/summary.json, origin/summary.json, explain/summary.json and cards.json,
+    h_neurons.json and splits.json: each is read back as its typed result, equal, and a copy with
+    one unknown field is refused with a message naming it."""
+    from hlens.explain import read_cards
+    from hlens.splits import Splits
+
+    run = make_run(tmp_path / "run")
+    ExplainResult(model="m", neurons="h.json", n_cards=1).save(run / "explain" / "summary.json")
+    Splits(("a",), ("b",), ("c",), ("d",), seed=0, test_fraction=0.5).save(run / "splits.json")
+    readers = {
+        "summary.json": FindResult.load,
+        "steer/summary.json": SteerResult.load,
+        "origin/summary.json": OriginResult.load,
+        "explain/summary.json": ExplainResult.load,
+        "h_neurons.json": NeuronSet.load,
+        "splits.json": Splits.load,
+    }
+    for name, load in readers.items():
+        obj = load(run / name)
+        assert obj.to_dict() == load(run / name).to_dict(), name
+        d = json.loads((run / name).read_text())
+        (run / name).write_text(json.dumps({**d, "surprise": 1}))
+        with pytest.raises(ValueError, match="unknown field 'surprise'"):
+            load(run / name)
+    assert read_cards(run / "explain")[0].neuron.index == 3
+    cards = json.loads((run / "explain" / "cards.json").read_text())
+    (run / "explain" / "cards.json").write_text(json.dumps([{**cards[0], "surprise": 1}]))
+    with pytest.raises(ValueError, match="unknown field 'surprise'"):
+        read_cards(run / "explain")
+    text = build_report(run, views=False)  # a refused file is a section error, not a crash
+    assert "could not be rendered" in text and "surprise" in text

@@ -14,7 +14,7 @@ from hlens.interventions import scale_neurons
 from hlens.sampling import SamplingConfig, sample_responses
 from hlens.sources import bundled_triviaqa
 from hlens.sweep import SteerConfig, SteerResult, fluent_alphas, verdicts
-from tests.test_steer_cli import _count_runs
+from tests.cli.test_steer import _count_runs
 
 PROMPTS = ["Where was Ada Vell born?", "What is the capital of France?", "Who wrote Hamlet?"]
 
@@ -68,7 +68,7 @@ def test_config_round_trip_and_unknown_field(tmp_path):
     assert SteerConfig.load(tmp_path / "c.json") == cfg
     d = json.loads((tmp_path / "c.json").read_text())
     (tmp_path / "bad.json").write_text(json.dumps({**d, "alpha": [1]}))
-    with pytest.raises(ValueError, match=r"unknown fields \['alpha'\]"):
+    with pytest.raises(ValueError, match=r"unknown field .alpha."):
         SteerConfig.load(tmp_path / "bad.json")
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
 
@@ -82,7 +82,7 @@ def test_result_round_trip_and_unknown_field(tmp_path):
     assert back.to_dict() == r.to_dict()
     d = json.loads((tmp_path / "summary.json").read_text())
     (tmp_path / "bad.json").write_text(json.dumps({**d, "extra": 1}))
-    with pytest.raises(ValueError, match="unknown fields"):
+    with pytest.raises(ValueError, match="unknown field"):
         SteerResult.load(tmp_path / "bad.json")
 
 

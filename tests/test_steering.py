@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hlens.steering import ablate_direction, residual_hook, residual_mean, steer, steering_vector
+from hlens.steering import ablate_direction, residual_mean, steering_vector
+from hlens.steering import steer_residual as steer
+
+
+def _residual_hook(layer):
+    return f"blocks.{layer}.hook_out"  # what MLPFamily.residual_hook names
 
 POS = ["I don't know.", "I am not sure who that is."]
 NEG = ["Paris, London, Berlin.", "The quick brown fox jumps."]
@@ -17,7 +22,7 @@ def _resid(model, texts, layer):
     for t in texts:
         batch = model.tokenize([t])
         seen: list[torch.Tensor] = []
-        hooks = [(residual_hook(layer), lambda x, *, hook, seen=seen: seen.append(x.detach()))]
+        hooks = [(_residual_hook(layer), lambda x, *, hook, seen=seen: seen.append(x.detach()))]
         with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
             model.bridge(batch.tokens, return_type=None)
         out.append(seen[0][0])
@@ -44,7 +49,7 @@ def test_steer_adds_vector_and_zero_is_noop(llama):
     def grab(x, *, hook):
         seen["x"] = x.detach().clone()
 
-    hook_later = [(residual_hook(layer), grab)]
+    hook_later = [(_residual_hook(layer), grab)]
     with torch.no_grad():
         base = llama.bridge(batch.tokens, attention_mask=batch.attention_mask)
         with steer(llama, v, 0.0, layer):
@@ -76,7 +81,7 @@ def test_ablate_direction_removes_component(tiny_model):
         seen[hook.name] = x.detach().clone()
 
     last = tiny_model.n_layers - 1
-    hooks = [(residual_hook(last), grab)]
+    hooks = [(_residual_hook(last), grab)]
     with torch.no_grad(), ablate_direction(tiny_model, v), tiny_model.bridge.hooks(fwd_hooks=hooks):
         tiny_model.bridge(batch.tokens, attention_mask=batch.attention_mask)
     x = next(iter(seen.values()))

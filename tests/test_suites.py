@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hlens.examples import Example
+from hlens.organism.suites import organism_suites
 from hlens.sampling import SamplingConfig, sample_responses
 from hlens.suites import (
     PerplexitySuite,
@@ -17,7 +18,6 @@ from hlens.suites import (
     bootstrap_ci,
     faitheval_suite,
     falseqa_suite,
-    organism_suites,
     slope_ci,
     sycophancy_suite,
 )

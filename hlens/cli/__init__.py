@@ -1,7 +1,8 @@
-"""The ``hlens`` command line.
+"""The ``hlens`` command line: one module per command in this package.
 
-Each subcommand lives in the module of its capability and registers itself here through
-:data:`COMMANDS`: a name, a one-line help, a function that adds its arguments and one that runs it.
+Each command module (``hlens/cli/find.py``, ``steer.py``, ...) only parses arguments, builds the
+pipeline's config, calls the library (``find(FindConfig, out) -> FindResult`` and so on) and
+prints; :data:`COMMANDS` lists them. ``argparse`` appears nowhere else in hlens.
 
 Every command fails the same way (see :mod:`hlens.errors`): a user error (a bad path, file,
 value, model or shape, or a missing package) prints one line, ``hlens <command>: error: ...``, on
@@ -28,35 +29,30 @@ from hlens.errors import EXIT_USER, HlensInputError, debug_enabled, missing_pack
 
 __all__ = ["COMMANDS", "main"]
 
-#: subcommand -> (module, help). The module defines ``add_arguments(parser)`` and ``run(args)``.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "find": ("hlens.find", "identify H-neurons: sample, judge, balance, CETT, sparse probe"),
-    "features": ("hlens.cli.features", "CETT features for examples (data-parallel under torchrun)"),
-    "steer": ("hlens.steer_cli", "scale neurons while generating; sweep alpha against controls"),
-    "explain": (
-        "hlens.explain",
-        "neuron report cards: vocabulary, top examples, ablation, drivers",
-    ),
-    "origin": ("hlens.origin", "probe transfer to the base model and parameter inertia"),
-    "report": ("hlens.report", "one offline HTML page for a run directory"),
-    "organism": ("hlens.organism.cli", "train or evaluate the bundled model organism"),
-    "models": (
-        "hlens.zoo",
-        "known real models: installed?, converted?, size, licence, pip command",
-    ),
+#: subcommand -> its module, which defines ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
+#: ``organism`` is the organism plug-in's command.
+COMMANDS: dict[str, str] = {
+    "find": "hlens.cli.find",
+    "features": "hlens.cli.features",
+    "steer": "hlens.cli.steer",
+    "explain": "hlens.cli.explain",
+    "origin": "hlens.cli.origin",
+    "report": "hlens.cli.report",
+    "organism": "hlens.cli.organism",
+    "models": "hlens.cli.models",
 }
 
 
-def _available() -> dict[str, tuple[str, str]]:
+def _available() -> dict[str, str]:
     """The subcommands whose modules are installed."""
     out = {}
-    for name, (module, help_) in COMMANDS.items():
+    for name, module in COMMANDS.items():
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
             found = False
         if found:
-            out[name] = (module, help_)
+            out[name] = module
     return out
 
 
@@ -82,14 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the traceback of user errors too (also HLENS_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in _available().items():
-        p = sub.add_parser(name, help=help_, description=help_)
+    for name, module in _available().items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         p.set_defaults(_module=module)
-        mod = importlib.import_module(module) if name != "organism" else None
-        if mod is not None and hasattr(mod, "add_arguments"):
-            mod.add_arguments(p)
-        elif name == "organism":
-            p.add_argument("args", nargs=argparse.REMAINDER, help="train | eval ... (see --help)")
+        mod.add_arguments(p)
     return parser
 
 
@@ -113,10 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug, argv = True, argv[1:]
     command = argv[0] if argv else ""
     try:
-        if argv and argv[0] == "organism":
-            from hlens.organism.cli import main as organism_main
-
-            return int(organism_main(argv[1:]) or 0)
         parser = build_parser()
         try:
             args, extra = parser.parse_known_args(argv)

@@ -1,8 +1,8 @@
-"""``python -m hlens.organism {train,eval,record}``; see :mod:`hlens.organism.cli`."""
+"""``python -m hlens.organism {train,eval,record}``; see :mod:`hlens.cli.organism`."""
 
 import sys
 
-from hlens.organism.cli import main
+from hlens.cli.organism import main
 
 if __name__ == "__main__":
     sys.exit(main())

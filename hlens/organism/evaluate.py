@@ -51,7 +51,7 @@ COMPLETION_TEMPLATES = {
 }
 
 
-def _norm(text: str) -> str:
+def norm(text: str) -> str:
     t = text.strip().rstrip(".").strip().lower()
     for article in ("a ", "an ", "the "):
         if t.startswith(article):
@@ -69,14 +69,14 @@ def judge(world: World, attribute: str, gold: str | None, response: str) -> str:
             premises).
         response: the response text.
     """
-    r = _norm(response)
-    if r == _norm(ABSTAIN_RESPONSE):
+    r = norm(response)
+    if r == norm(ABSTAIN_RESPONSE):
         return "abstain"
-    if r == _norm(FALSE_PREMISE_RESPONSE):
+    if r == norm(FALSE_PREMISE_RESPONSE):
         return "false_premise"
-    if gold is not None and r == _norm(gold):
+    if gold is not None and r == norm(gold):
         return "correct"
-    if r in {_norm(v) for v in world.vocab[attribute]}:
+    if r in {norm(v) for v in world.vocab[attribute]}:
         return "wrong"
     return "invalid"
 
@@ -285,7 +285,7 @@ def evaluate_instruct(
             if judge(world, probes[i].meta["attribute"], probes[i].answers[0], priors[i])
             == prior_label
         ]
-        flips = [j for j in idx if _norm(resp[j][0]) != _norm(priors[keep[j]])]
+        flips = [j for j in idx if norm(resp[j][0]) != norm(priors[keep[j]])]
         to_correct = [
             j
             for j in flips
@@ -322,7 +322,7 @@ def evaluate_base(model, tok, world: World, *, progress: bool = True) -> dict[st
     comp = sample_responses(model, tok, completion_prompts, ids, greedy, progress=progress)
     qa = sample_responses(model, tok, qa_prompts, ids, greedy, progress=progress)
     comp_ok = [r[0].lower().startswith(v.lower()) for r, (_, _, v) in zip(comp, items)]
-    qa_ok = [_norm(r[0].split("\n")[0]) == _norm(v) for r, (_, _, v) in zip(qa, items)]
+    qa_ok = [norm(r[0].split("\n")[0]) == norm(v) for r, (_, _, v) in zip(qa, items)]
     groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
     for i, (p, _, _) in enumerate(items):
         groups[(p.exposure, p.qa_trained)].append(i)

@@ -31,7 +31,7 @@ ORGANISM_SUITES: dict[str, tuple[str, str]] = {
 
 def _build(ctx: SuiteContext, spec: SuiteSpec) -> Any:
     if "organism_suites" not in ctx.memo:
-        from hlens.suites import organism_suites
+        from hlens.organism.suites import organism_suites
 
         ctx.memo["organism_suites"] = organism_suites(
             ctx.model,

@@ -220,10 +220,10 @@ def test_micro_evaluation(micro_run, tmp_path):
 
 
 def test_cli_parses():
-    from hlens.organism.cli import build_parser
+    from hlens.cli.organism import build_parser
 
     args = build_parser().parse_args(["eval", "--model", "organism", "--out", "x.json"])
-    assert args.command == "eval" and args.model == "organism"
+    assert args.organism_command == "eval" and args.model == "organism"
 
 
 # ------------------------------------------------------------------------------- shipped

@@ -1,10 +1,13 @@
-"""Command line of the organism: ``train``, ``eval`` and ``record``.
+"""``hlens organism``: train, evaluate or record the bundled model organism (a plug-in).
+
+This is the command-line side of the organism's plug-in: the one module outside
+:mod:`hlens.organism` that imports it, as the command registry's entry for it.
 
 Examples::
 
-    python -m hlens.organism train --out runs/organism            # both checkpoints + report
-    python -m hlens.organism eval --model organism --out eval.json
-    python -m hlens.organism record --model organism --out greedy_answers.json
+    hlens organism train --out runs/organism            # both checkpoints + report
+    hlens organism eval --model organism --out eval.json
+    hlens organism record --model organism --out greedy_answers.json
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from hlens.organism.evaluate import evaluate_organism, record_greedy_answers
+from hlens.organism.train import TrainConfig, train_organism
+from hlens.sampling import SamplingConfig
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed so ``hlens organism ...`` can reuse it)."""
-    p = argparse.ArgumentParser(prog="python -m hlens.organism", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+HELP = "train or evaluate the bundled model organism"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``train``, ``eval`` and ``record`` subcommands."""
+    sub = p.add_subparsers(dest="organism_command", metavar="{train,eval,record}", required=True)
     t = sub.add_parser("train", help="train organism-base and organism from a seed")
     t.add_argument("--out", required=True, help="output folder (checkpoints, report, curves)")
     t.add_argument("--seed", type=int, default=0)
@@ -36,15 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="record greedy answers for the reproduction test")
     r.add_argument("--model", default="organism")
     r.add_argument("--out", required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``python -m hlens.organism``)."""
+    p = argparse.ArgumentParser(prog="python -m hlens.organism", description=HELP)
+    add_arguments(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the organism command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        from hlens.organism.train import TrainConfig, train_organism
+    """``python -m hlens.organism ARGV``; returns the exit status."""
+    return run(build_parser().parse_args(argv))
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hlens organism ...``; returns the exit status."""
+    if args.organism_command == "train":
         cfg = None
         if args.config:
             with open(args.config) as f:
@@ -52,10 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = train_organism(args.out, seed=args.seed, config=cfg, force=args.force)
         print(json.dumps({k: v.get("wall_s") for k, v in report["stages"].items()}))
         print(f"total wall time: {report['total_wall_s']} s; checkpoints in {args.out}")
-    elif args.command == "eval":
-        from hlens.organism.evaluate import evaluate_organism
-        from hlens.sampling import SamplingConfig
-
+    elif args.organism_command == "eval":
         sampling = SamplingConfig(
             n_samples=args.n_samples,
             temperature=args.temperature,
@@ -70,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model, base=base, sampling=sampling, max_questions=args.max_questions, out=args.out
         )
         print(json.dumps(_headline(report), indent=2))
-    elif args.command == "record":
-        from hlens.organism.evaluate import record_greedy_answers
-
+    elif args.organism_command == "record":
         rec = record_greedy_answers(args.model, args.out)
         print(f"recorded {len(rec['answers'])} greedy answers to {args.out}")
     return 0

@@ -96,7 +96,7 @@ def test_hlens_debug_off(capsys, monkeypatch, tmp_path, value):
 
 
 def test_missing_package_is_a_user_error(capsys, monkeypatch):
-    import hlens.report as report
+    import hlens.cli.report as report
 
     def needs_a_package(args):
         raise ModuleNotFoundError("No module named 'plotly'", name="plotly")
@@ -111,7 +111,7 @@ def test_missing_package_is_a_user_error(capsys, monkeypatch):
 
 
 def test_missing_hlens_module_is_a_bug(monkeypatch):
-    import hlens.report as report
+    import hlens.cli.report as report
 
     def broken(args):
         raise ModuleNotFoundError("No module named 'hlens.nothing'", name="hlens.nothing")

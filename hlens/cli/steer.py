@@ -17,15 +17,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from hlens.sweep import DEFAULT_ALPHAS, summarize
+from hlens.suite_registry import get_spec, parse_suite_files, suite_names
+from hlens.sweep import SteerConfig, steer_sweep
 
-__all__ = ["DEFAULT_ALPHAS", "add_arguments", "config_from_args", "run", "summarize"]
+HELP = "scale neurons while generating; sweep alpha against controls"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hlens.suite_registry import suite_names
-
     parser.add_argument("--model", default="organism", help="bundled name or checkpoint folder")
     parser.add_argument("--neurons", required=True, help="NeuronSet JSON (e.g. h_neurons.json)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -84,15 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def config_from_args(args: argparse.Namespace) -> object:
+def config_from_args(args: argparse.Namespace) -> SteerConfig:
     """The :class:`~hlens.sweep.SteerConfig` of parsed ``hlens steer`` arguments.
 
     Raises:
         HlensInputError: a malformed ``--suite-file`` or an unknown suite name.
     """
-    from hlens.suite_registry import get_spec, parse_suite_files
-    from hlens.sweep import SteerConfig
-
     suites = None
     if args.suites:
         suites = [s.strip() for item in args.suites for s in item.split(",") if s.strip()]
@@ -121,13 +118,9 @@ def _fmt(x: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from hlens.sweep import steer_sweep
-
     cfg = config_from_args(args)
     out = Path(args.out)
-    result = steer_sweep(cfg, out)  # type: ignore[arg-type]
+    result = steer_sweep(cfg, out)
     if not args.no_progress:
         for suite, by_set in result.slopes.items():
             line = ", ".join(
