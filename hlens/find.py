@@ -41,7 +41,7 @@ from hlens.features import (
     init_distributed,
     write_examples,
 )
-from hlens.judge import RuleJudge, consistency_filter, locate_answer
+from hlens.judge import Funnel, RuleJudge, consistency_filter, locate_answer
 from hlens.metrics import ProbeMetrics
 from hlens.model import Model
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
@@ -65,9 +65,9 @@ SPAN_EXTRACTORS: dict[str, Any] = {
 __all__ = [
     "FindConfig",
     "FindResult",
-    "Funnel",
     "HNeuronCount",
     "ProbeSummary",
+    "RunFunnel",
     "confound_lines",
     "find",
     "probe_training_set",
@@ -230,16 +230,11 @@ class ProbeSummary(Record):
     convergence: dict[str, Any] | None = None
 
 
-@dataclass
-class Funnel(Record):
-    """Questions through each stage: consistent per class, mixed, abstaining, without a span."""
+@dataclass(frozen=True)
+class RunFunnel(Record, Funnel):
+    """The consistency funnel (:class:`hlens.judge.Funnel`) and what the run did after it:
+    questions without an answer span, the split, truncated samples, degenerate responses."""
 
-    n_questions: int
-    n_consistent_faithful: int
-    n_consistent_hallucinated: int
-    n_mixed: int
-    n_with_uncertain: int
-    n_incomplete: int = 0
     n_span_not_found: int = 0
     n_train: int = 0
     n_test: int = 0
@@ -269,7 +264,7 @@ class FindResult(Record):
     controls: dict[str, Any]
     probe: ProbeSummary
     c_path: dict[str, Any]
-    funnel: Funnel
+    funnel: RunFunnel
     spans: dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
     judge: str = "rule"
