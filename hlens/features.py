@@ -540,6 +540,9 @@ def extract_features(
         # extraction computes what an uninterrupted one does.
         lengths, ids_pre, patterns = _prefix_plan(model, examples, fmt, config)
         prefix = _shared_prefix(model, ids_pre, patterns, config)
+    for k in todo:  # a killed run leaves a half-written shard file: never finished work
+        for stale in out.glob(f"{_shard_name(k)}.safetensors.tmp*"):
+            stale.unlink(missing_ok=True)
     for k in todo:
         shard = examples[k * config.shard_size : (k + 1) * config.shard_size]
         # batch examples of equal token length together (least padding), then restore shard
