@@ -428,9 +428,11 @@ def _length_groups(lengths: list[int], overhead: int = 48) -> list[list[int]]:
 _MIN_PREFIX = 4
 
 
-def _common_prefix(prompt_ids: Sequence[Sequence[int]], minimum: int = _MIN_PREFIX) -> int:
+def _common_prefix(prompt_ids: Sequence[Sequence[int]], minimum: int | None = None) -> int:
     """The length of the longest token prefix common to every prompt that leaves at least one
-    token of each, or 0 when it is shorter than ``minimum`` (CETT extraction shares it too)."""
+    token of each, or 0 when it is shorter than ``minimum`` (default: :data:`_MIN_PREFIX`, read
+    at call time; CETT extraction shares it too)."""
+    minimum = _MIN_PREFIX if minimum is None else minimum
     shortest = min(len(p) for p in prompt_ids)
     first = prompt_ids[0]
     n = 0

@@ -12,6 +12,7 @@ from hlens.steering import steer_residual as steer
 def _residual_hook(layer):
     return f"blocks.{layer}.hook_out"  # what MLPFamily.residual_hook names
 
+
 POS = ["I don't know.", "I am not sure who that is."]
 NEG = ["Paris, London, Berlin.", "The quick brown fox jumps."]
 
