@@ -47,7 +47,7 @@ from hlens.model import Model
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
 from hlens.records import Record, jsonable, reject_unknown
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import QuestionSource, default_dataset, source_sampling
+from hlens.sources import QuestionSource, default_dataset, is_source, source_sampling
 from hlens.spans import RuleSpanExtractor, SpanResult, WholeResponseExtractor, span_step_counts
 from hlens.splits import Splits, make_splits
 
@@ -280,11 +280,9 @@ class FindResult(Record):
 # -- stages ---------------------------------------------------------------------------------------
 def _file_columns(cfg: FindConfig) -> dict[str, Any]:
     """The column options, for a file dataset; an error if they are set for a registered source."""
-    from hlens.sources import SOURCES
-
     cols = {"question_col": cfg.question_col, "answers_col": cfg.answers_col}
     cols["strata_col"] = cfg.strata_col
-    if cfg.dataset in SOURCES:
+    if is_source(cfg.dataset):
         default = FindConfig()
         changed = [k for k, v in cols.items() if v != getattr(default, k)]
         if changed:

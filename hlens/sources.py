@@ -32,6 +32,7 @@ __all__ = [
     "bundled_triviaqa",
     "default_dataset",
     "get_source",
+    "is_source",
     "read_samples_file",
     "register_source",
     "source_sampling",
@@ -334,14 +335,19 @@ def source_sampling(name: str, model: str | None = None, **overrides: Any) -> An
     return SamplingConfig.from_dict(fields)
 
 
+def is_source(name: str) -> bool:
+    """Whether ``name`` is a registered question source (the plug-ins' included)."""
+    load_plugins()
+    return name in SOURCES
+
+
 def get_source(name: str, **kwargs: Any) -> QuestionSource:
     """A registered source by name, or a JSONL/CSV file path.
 
     Raises:
         ValueError: naming the registered sources when ``name`` is neither.
     """
-    load_plugins()
-    if name in SOURCES:
+    if is_source(name):
         return SOURCES[name](**kwargs)
     if Path(name).is_file():
         return _file_source(name, **kwargs)

@@ -78,3 +78,18 @@ def test_public_modules_are_not_shadowed_by_new_names():
         assert isinstance(
             getattr(hlens, name, None) or __import__(f"hlens.{name}"), types.ModuleType
         )
+
+
+def test_plugin_registrations_are_seen_from_a_fresh_process():
+    """Asking a registry loads the plug-ins first: in a fresh interpreter the organism's source
+    is known to find's column check before anything else touched the registries."""
+    import subprocess
+    import sys
+
+    code = (
+        "from hlens.find import FindConfig, _file_columns\n"
+        "cfg = FindConfig(model='organism', dataset='organism', strata_col='topic')\n"
+        "try:\n    _file_columns(cfg)\nexcept ValueError as e:\n    print('refused:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "refused: strata_col apply to JSONL/CSV datasets" in r.stdout, r.stdout + r.stderr
