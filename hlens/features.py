@@ -41,6 +41,7 @@ from hlens.cett import cett_from_parts
 from hlens.examples import Example
 from hlens.model import Model
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
+from hlens.records import atomic_write_text
 
 __all__ = [
     "CETTConfig",
@@ -443,12 +444,6 @@ def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
@@ -520,7 +515,7 @@ def extract_features(
                 "directory or delete it to start over"
             )
     else:  # every rank may write it: the content is identical and the rename atomic
-        _atomic_write_text(cfg_path, json.dumps(meta, indent=1))
+        atomic_write_text(cfg_path, json.dumps(meta, indent=1))
     n_shards = -(-len(examples) // config.shard_size)
     n_layers = len(model.check_layers(config.layers))
     mine = [k for k in range(n_shards) if k % world_size == rank]
@@ -576,7 +571,7 @@ def extract_features(
             raise
         os.replace(tmp, out / f"{name}.safetensors")
         # the .json sidecar is written last: its presence marks the shard complete
-        _atomic_write_text(out / f"{name}.json", json.dumps({"ids": [ex.id for ex in shard]}))
+        atomic_write_text(out / f"{name}.json", json.dumps({"ids": [ex.id for ex in shard]}))
     bar.close()
     if world_size > 1:
         import torch.distributed as dist
@@ -630,7 +625,7 @@ def merge_manifest(out_dir: str | Path) -> dict[str, Any]:
     if len(ids) != meta["n_examples"] or _ids_digest(ids) != meta["ids_digest"]:
         raise ValueError(f"the shards in {out} do not hold the examples of this extraction")
     manifest = dict(meta, shards=[_shard_name(k) for k in range(n_shards)], ids=ids)
-    _atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -700,7 +695,7 @@ def read_examples(path: str | Path) -> list[Example]:
 
 def write_examples(examples: Sequence[Example], path: str | Path) -> None:
     """Write examples as JSONL (one :meth:`Example.to_dict` per line)."""
-    _atomic_write_text(Path(path), "".join(json.dumps(e.to_dict()) + "\n" for e in examples))
+    atomic_write_text(Path(path), "".join(json.dumps(e.to_dict()) + "\n" for e in examples))
 
 
 def init_distributed() -> tuple[int, int, str | None]:
