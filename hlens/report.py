@@ -294,7 +294,6 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
 
     import hlens
     from hlens.features import read_examples
-    from hlens.neurons import NeuronSet
     from hlens.probe import NeuronProbe
     from hlens.prompts import PromptFormat
 
