@@ -249,7 +249,6 @@ def _roc_figure(run: Path, s: Mapping[str, Any]) -> Any:
 
     from hlens.features import FeatureStore
     from hlens.probe import NeuronProbe
-    from hlens.splits import Splits
 
     splits = Splits.load(run / "splits.json")
     store = FeatureStore(run / "features")
