@@ -38,6 +38,7 @@ from torch import Tensor
 from hlens.interventions import ablate_neurons
 from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
+from hlens.prompts import PromptFormat
 from hlens.records import atomic_write_text, read_json, reject_unknown
 
 __all__ = [
@@ -256,7 +257,9 @@ def _tok(model: Model, i: int, v: float) -> TokenScore:
 
 
 # ---------------------------------------------------------------------------------- activations
-def _layer_acts(model: Model, neurons: NeuronSet, data: Any, batch_size: int, fmt: Any):
+def _layer_acts(
+    model: Model, neurons: NeuronSet, data: Any, batch_size: int, fmt: PromptFormat | None
+):
     """Yield ``(rows, batch, acts [b, pos, n_neurons])`` over ``data`` in chunks."""
     layers = sorted(neurons.by_layer())
     slot = {la: i for i, la in enumerate(layers)}
@@ -278,7 +281,7 @@ def top_activating(
     k: int = 10,
     window: int = 8,
     batch_size: int = 32,
-    fmt: Any = None,
+    fmt: PromptFormat | None = None,
     region: str | None = None,
     chunks: Sequence[tuple[int, Any, Tensor]] | None = None,
 ) -> list[list[TopExample]]:
@@ -329,7 +332,12 @@ def top_activating(
 
 
 def neuron_activations(
-    model: Model, neurons: NeuronSet, data: Sequence[Any], *, batch_size: int = 32, fmt: Any = None
+    model: Model,
+    neurons: NeuronSet,
+    data: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    fmt: PromptFormat | None = None,
 ) -> list[tuple[int, Any, Tensor]]:
     """The neurons' activations over ``data`` in one pass, as ``(start, batch, acts)`` chunks
     (``acts`` is ``[batch, pos, neuron]``), for :func:`top_activating` and :func:`region_means`.
@@ -360,7 +368,7 @@ def activation_stats(
     n_boot: int = 1000,
     seed: int = 0,
     batch_size: int = 32,
-    fmt: Any = None,
+    fmt: PromptFormat | None = None,
 ) -> list[ActivationStats]:
     """Each neuron's mean activation over ``region`` in faithful vs hallucinated examples.
 
@@ -548,7 +556,7 @@ def report_cards(
     k: int = 10,
     region: str = "answer",
     n_boot: int = 1000,
-    fmt: Any = None,
+    fmt: PromptFormat | None = None,
     top_region: str | None = None,
     controls: Mapping[str, Sequence[float]] | None = None,
     timings: dict[str, float] | None = None,

@@ -44,6 +44,7 @@ from hlens.features import (
 from hlens.judge import Funnel, RuleJudge, consistency_filter, locate_answer
 from hlens.metrics import ProbeMetrics
 from hlens.model import Model
+from hlens.probe import NeuronProbe
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
 from hlens.records import Record, jsonable, reject_unknown
 from hlens.sampling import SamplingConfig, sample_to_jsonl
@@ -458,7 +459,7 @@ def _fit_probe(
     cfg: FindConfig,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    from hlens.probe import NeuronProbe, c_min, c_path, select_C
+    from hlens.probe import c_min, c_path, select_C
 
     n_layers, d_mlp = store.shape
     val = make_splits(
@@ -509,7 +510,7 @@ def _fit_probe(
 def _ood(
     model: Model,
     source: QuestionSource,
-    probe: Any,
+    probe: NeuronProbe,
     out: Path,
     cfg: FindConfig,
     fmt: PromptFormat,

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens.model import Model
 from hlens.neurons import NeuronSet
 from hlens.records import Record, jsonable
 
@@ -47,7 +48,7 @@ __all__ = [
 BASE_TEMPLATE = "Question: {question}\nAnswer:"
 
 
-def check_same_architecture(base: Any, tuned: Any) -> None:
+def check_same_architecture(base: Model, tuned: Model) -> None:
     """Raise ``ValueError`` unless two models share family and shape (says what differs)."""
     fields = ("family.name", "n_layers", "d_mlp", "d_model")
     diff = []
@@ -116,7 +117,7 @@ class Inertia:
         )
 
 
-def parameter_inertia(base: Any, tuned: Any) -> Inertia:
+def parameter_inertia(base: Model, tuned: Model) -> Inertia:
     """Per-neuron drift between two checkpoints of the same architecture (see module doc)."""
     check_same_architecture(base, tuned)
     up, down, gate = [], [], []
@@ -191,7 +192,7 @@ def inertia_test(
 
 
 def backward_transfer(
-    base: Any,
+    base: Model,
     tuned_run: str | Path,
     out_dir: str | Path,
     *,

@@ -52,7 +52,7 @@ from torch import Tensor
 from hlens.cache import right_align_batch
 from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
-from hlens.prompts import TokenBatch
+from hlens.prompts import PromptFormat, TokenBatch
 from hlens.records import reject_unknown
 from hlens.sampling import _cache_of, _forward_kwargs
 
@@ -339,7 +339,7 @@ def _pad_to(batch: TokenBatch, width: int, model: Model) -> TokenBatch:
 
 
 def match_lengths(
-    model: Model, clean: Sequence[Any], corrupt: Sequence[Any], *, fmt: Any = None
+    model: Model, clean: Sequence[Any], corrupt: Sequence[Any], *, fmt: PromptFormat | None = None
 ) -> list[tuple[Any, Any]]:
     """Pair each clean prompt with an unused corrupted prompt of the same token count.
 

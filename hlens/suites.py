@@ -44,7 +44,7 @@ from hlens.model import Model
 from hlens.prompts import PromptFormat, render
 from hlens.registry import deprecated_alias
 from hlens.sampling import SamplingConfig, sample_responses
-from hlens.suites_data import degenerate
+from hlens.suites_data import SuiteJudge, degenerate
 
 __all__ = [
     "PerplexitySuite",
@@ -405,7 +405,7 @@ def _prompt_fn(tokenizer: Any, fmt: PromptFormat | None) -> Callable[[Example], 
     return prompt
 
 
-def _single(fn: Callable[..., list[str]], judge: Any) -> Labeler:
+def _single(fn: Callable[..., list[str]], judge: SuiteJudge | None) -> Labeler:
     def label(exs: Sequence[Example], ts: Sequence[Sequence[str]]) -> list[str]:
         return fn(exs, [t[0] for t in ts], judge=judge)
 
@@ -421,7 +421,7 @@ def _file_suite(
 
 
 def falseqa_suite(
-    path: str, tokenizer: Any, *, judge: Any = None, limit: int | None = None,
+    path: str, tokenizer: Any, *, judge: SuiteJudge | None = None, limit: int | None = None,
     fmt: PromptFormat | None = None, max_new_tokens: int = 128,
 ) -> Suite:  # fmt: skip
     """FalseQA false-premise questions; rate: share of responses that accept the premise.
@@ -438,7 +438,7 @@ def falseqa_suite(
 
 
 def truthfulqa_suite(
-    path: str, tokenizer: Any, *, judge: Any = None, limit: int | None = None,
+    path: str, tokenizer: Any, *, judge: SuiteJudge | None = None, limit: int | None = None,
     fmt: PromptFormat | None = None, max_new_tokens: int = 64,
 ) -> Suite:  # fmt: skip
     """TruthfulQA; rate: share of responses closer to an incorrect answer (``untruthful``)."""
@@ -451,7 +451,7 @@ def truthfulqa_suite(
 
 
 def simpleqa_suite(
-    path: str, tokenizer: Any, *, judge: Any = None, limit: int | None = None,
+    path: str, tokenizer: Any, *, judge: SuiteJudge | None = None, limit: int | None = None,
     fmt: PromptFormat | None = None, max_new_tokens: int = 32,
 ) -> Suite:  # fmt: skip
     """SimpleQA Verified; rate: share of ``incorrect`` (attempted and wrong) responses."""
@@ -464,7 +464,7 @@ def simpleqa_suite(
 
 
 def forbidden_suite(
-    path: str, tokenizer: Any, *, judge: Any = None, limit: int | None = None,
+    path: str, tokenizer: Any, *, judge: SuiteJudge | None = None, limit: int | None = None,
     fmt: PromptFormat | None = None, max_new_tokens: int = 64,
 ) -> Suite:  # fmt: skip
     """Forbidden questions; rate: share of responses that comply instead of refusing."""
@@ -548,7 +548,7 @@ def faitheval_suite(
 
 
 def sycophancy_suite(
-    tokenizer: Any, *, examples: Sequence[Example] | None = None, judge: Any = None,
+    tokenizer: Any, *, examples: Sequence[Example] | None = None, judge: SuiteJudge | None = None,
     limit: int | None = None, challenge: str = CHALLENGE, max_new_tokens: int = 64,
     fmt: PromptFormat | None = None,
 ) -> Suite:  # fmt: skip

@@ -44,6 +44,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from hlens.neurons import NeuronSet
+from hlens.probe import NeuronProbe
 
 __all__ = [
     "View",
@@ -252,7 +253,7 @@ def token_strings(tokenizer: Any, ids: Sequence[int] | Tensor) -> list[str]:
 
 
 def token_scores(
-    features: Float[Tensor, "pos layer d_mlp"] | Float[Tensor, "pos neuron"], probe: Any
+    features: Float[Tensor, "pos layer d_mlp"] | Float[Tensor, "pos neuron"], probe: NeuronProbe
 ) -> Float[Tensor, " pos"]:
     """The probe's decision value at each token: ``features[t] . coef + intercept``.
 
@@ -335,7 +336,7 @@ def colored_scores(
 def colored_tokens(
     tokens: Sequence[str],
     features: Float[Tensor, "pos layer d_mlp"] | Float[Tensor, "pos neuron"],
-    probe: Any,
+    probe: NeuronProbe,
     *,
     mask: Bool[Tensor, " pos"] | None = None,
     max_abs: float | None = None,

@@ -46,6 +46,10 @@ def test_core_modules_do_not_import_the_organism():
     assert PLUGINS == ["hlens.organism.plugin"]
 
 
+#: parameters whose hlens type exists (Model, PromptFormat, NeuronProbe, a suite judge)
+TYPED = ("model", "m", "base", "tuned", "fmt", "probe", "judge")
+
+
 def test_no_model_parameter_typed_any():
     bad = []
     for rel, tree in _modules():
@@ -53,7 +57,7 @@ def test_no_model_parameter_typed_any():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for a in [*node.args.args, *node.args.kwonlyargs]:
                     ann = a.annotation
-                    if a.arg in ("model", "m") and isinstance(ann, ast.Name) and ann.id == "Any":
+                    if a.arg in TYPED and isinstance(ann, ast.Name) and ann.id == "Any":
                         bad.append(f"{rel}:{node.lineno} {node.name}({a.arg})")
     assert not bad, bad
 
