@@ -65,7 +65,8 @@ class CETTConfig:
         method: aggregate tokens of a region by ``"mean"`` (the paper's default) or ``"max"``.
         regions: the token regions to aggregate over (see :mod:`hlens.prompts`).
         eps: added to ``||h||`` (1e-8 as in the official script).
-        batch_size: sequences per forward pass.
+        batch_size: sequences per forward pass (8: as fast as 16 on the real models, at half the
+            peak memory; benchmarks/results/extraction_real.md).
         shard_size: examples per shard on disk (the unit of resuming).
         layers: restrict to these layers (``None``: all).
     """
@@ -75,7 +76,7 @@ class CETTConfig:
     method: Literal["mean", "max"] = "mean"
     regions: tuple[str, ...] = ("answer", "all_except_answer")
     eps: float = 1e-8
-    batch_size: int = 16
+    batch_size: int = 8
     shard_size: int = 256
     layers: tuple[int, ...] | None = None
 
