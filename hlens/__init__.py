@@ -61,7 +61,7 @@ from hlens.probe import build_training_set as build_training_set
 from hlens.probe import c_min as c_min
 from hlens.probe import c_path as c_path
 from hlens.probe import random_neuron_baseline as random_neuron_baseline
-from hlens.probe import select_C as select_C
+from hlens.probe import select_c as select_c
 from hlens.prompts import PAPER_INSTRUCTION as PAPER_INSTRUCTION
 from hlens.prompts import PromptFormat as PromptFormat
 from hlens.prompts import TokenBatch as TokenBatch
@@ -169,7 +169,7 @@ __all__ = [
     "report_cards",
     "sample_responses",
     "scale_neurons",
-    "select_C",
+    "select_c",
     "steer_residual",
     "steer_sweep",
     "steering_vector",
@@ -182,7 +182,10 @@ __all__ = [
 ]
 
 #: old public names -> (module, name) they moved to; kept for one release, with a warning
-_DEPRECATED = {"steer": ("hlens.steering", "steer_residual")}
+_DEPRECATED = {
+    "steer": ("hlens.steering", "steer_residual"),
+    "select_C": ("hlens.probe", "select_c"),
+}
 
 
 def __getattr__(name: str) -> object:

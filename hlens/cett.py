@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from hlens._deprecate import UNSET, renamed_kwarg
 from hlens.model import Model
 
 __all__ = ["aggregate_region", "cett", "cett_from_parts"]
@@ -104,11 +105,15 @@ def cett(
 def aggregate_region(
     scores: Float[Tensor, "batch pos *feature"],
     mask: Bool[Tensor, "batch pos"],
-    method: Literal["mean", "max"] = "mean",
+    aggregation: Literal["mean", "max"] = "mean",
+    *,
+    method: Any = UNSET,
 ) -> Float[Tensor, "batch *feature"]:  # noqa: F821 (jaxtyping dims)
     """Mean or max of per-token scores over the masked positions of each sequence.
 
     Rows whose mask is empty get NaN, so a missing region is never mistaken for a zero score.
+    ``aggregation`` is ``"mean"`` or ``"max"`` (:attr:`hlens.CETTConfig.aggregation`);
+    ``method=`` is its deprecated name, for one release.
 
     Example:
         >>> s = torch.tensor([[[1.0], [3.0], [5.0]]])
@@ -122,11 +127,14 @@ def aggregate_region(
         )
     m = mask.reshape(*mask.shape, *([1] * (scores.ndim - 2))).to(scores.device)
     count = mask.sum(1).reshape(-1, *([1] * (scores.ndim - 2))).to(scores.dtype)
-    if method == "mean":
+    aggregation = renamed_kwarg(
+        "aggregate_region", "method", "aggregation", method, aggregation, "mean"
+    )
+    if aggregation == "mean":
         out = torch.where(m, scores, torch.zeros((), dtype=scores.dtype)).sum(1) / count
-    elif method == "max":
+    elif aggregation == "max":
         out = torch.where(m, scores, torch.full((), -torch.inf, dtype=scores.dtype)).amax(1)
     else:
-        raise ValueError(f"method must be 'mean' or 'max', got {method!r}")
+        raise ValueError(f"aggregation must be 'mean' or 'max', got {aggregation!r}")
     empty = (mask.sum(1) == 0).reshape(-1, *([1] * (scores.ndim - 2)))
     return torch.where(empty.to(out.device), torch.full((), torch.nan, dtype=out.dtype), out)

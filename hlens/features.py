@@ -12,7 +12,7 @@ shard and never recomputes or duplicates finished ones. Under ``torchrun``, rank
 takes the shards ``k`` with ``k % w == r``; :func:`merge_manifest` checks that every shard is there.
 
 Example:
-    >>> cfg = CETTConfig(regions=("answer",), method="mean")
+    >>> cfg = CETTConfig(regions=("answer",), aggregation="mean")
     >>> CETTConfig.from_dict(cfg.to_dict()) == cfg
     True
 """
@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens._version import __version__
 from hlens.cache import _StopForward, neuron_hooks, run_forward
 from hlens.cett import cett_from_parts
@@ -62,7 +63,8 @@ class CETTConfig:
     Attributes:
         use_abs: use ``|z|`` (the paper's definition).
         use_mag: multiply by ``||W_out[j]||`` (the paper's definition).
-        method: aggregate tokens of a region by ``"mean"`` (the paper's default) or ``"max"``.
+        aggregation: aggregate tokens of a region by ``"mean"`` (the paper's default) or
+            ``"max"`` (``--aggregation``). ``method=`` is its deprecated name, for one release.
         regions: the token regions to aggregate over (see :mod:`hlens.prompts`).
         eps: added to ``||h||`` (1e-8 as in the official script).
         batch_size: sequences per forward pass (8: as fast as 16 on the real models, at half the
@@ -73,19 +75,27 @@ class CETTConfig:
 
     use_abs: bool = True
     use_mag: bool = True
-    method: Literal["mean", "max"] = "mean"
+    aggregation: Literal["mean", "max"] = "mean"
     regions: tuple[str, ...] = ("answer", "all_except_answer")
     eps: float = 1e-8
     batch_size: int = 8
     shard_size: int = 256
     layers: tuple[int, ...] | None = None
+    # deprecated keyword for `aggregation`, for one release (init-only: not a field, not saved)
+    method: InitVar[Any] = UNSET
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, method: Any) -> None:
+        aggregation = renamed_kwarg(
+            "CETTConfig", "method", "aggregation", method, self.aggregation, "mean", stacklevel=5
+        )
+        object.__setattr__(self, "aggregation", aggregation)
         object.__setattr__(self, "regions", tuple(self.regions))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if self.method not in ("mean", "max"):
-            raise ValueError(f"CETTConfig.method must be 'mean' or 'max', got {self.method!r}")
+        if self.aggregation not in ("mean", "max"):
+            raise ValueError(
+                f"CETTConfig.aggregation must be 'mean' or 'max', got {self.aggregation!r}"
+            )
         unknown = [r for r in self.regions if r not in REGIONS]
         if unknown or not self.regions:
             raise ValueError(
@@ -104,8 +114,16 @@ class CETTConfig:
         return d
 
     @classmethod
+    def upgrade_dict(cls, d: dict[str, Any], *, warn: bool = False) -> dict[str, Any]:
+        """A saved config's dict with its pre-rename keys renamed (``method`` ->
+        ``aggregation``); silent by default, for comparing a saved config with a new one."""
+        return rename_keys(d, _CETT_RENAMES, "CETTConfig", warn=warn)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CETTConfig:
-        d = dict(d)
+        """The config of a :meth:`to_dict` dict; a file with the old key ``method`` loads with
+        a :class:`DeprecationWarning`."""
+        d = cls.upgrade_dict(d, warn=True)
         d["regions"] = tuple(d.get("regions", ()))
         if d.get("layers") is not None:
             d["layers"] = tuple(d["layers"])
@@ -116,9 +134,13 @@ class CETTConfig:
         return {
             "use_abs": self.use_abs,
             "use_mag": self.use_mag,
-            "method": self.method,
+            "aggregation": self.aggregation,
             "eps": self.eps,
         }
+
+
+#: CETTConfig's renamed fields: old name -> new name (the old ones load for one release)
+_CETT_RENAMES = {"method": "aggregation"}
 
 
 @dataclass
@@ -246,7 +268,7 @@ def _shared_prefix(
         )
         for r, m in masks.items():
             m = m.to(s.device)
-            if config.method == "mean":
+            if config.aggregation == "mean":
                 agg = m.to(dtype) @ s
             else:
                 agg = s.masked_fill(~m[:, :, None], -torch.inf).amax(1)
@@ -335,7 +357,7 @@ def features_for_batch(
         for r in (config.regions if sink is None else ())
     }
     masks = {r: batch.region(r)[:, n_pre:].to(device) for r in config.regions}
-    weights = {r: m.to(dtype) for r, m in masks.items()} if config.method == "mean" else {}
+    weights = {r: m.to(dtype) for r, m in masks.items()} if config.aggregation == "mean" else {}
     counts = {r: w.sum(1, keepdim=True) for r, w in weights.items()}
     empty = {r: ~m.any(1) for r, m in masks.items()}
     pre: dict[str, Tensor] = {}  # each row's prefix pattern
@@ -364,7 +386,7 @@ def features_for_batch(
         )
         i = slot[layer]
         for r, m in masks.items():
-            if config.method == "mean":
+            if config.aggregation == "mean":
                 agg = torch.einsum("bp,bpn->bn", weights[r], s)
                 if r in pre:
                     agg += prefix.parts[r][pre[r], i].to(device)
@@ -509,6 +531,8 @@ def extract_features(
     cfg_path = out / CONFIG
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())
+        if isinstance(old.get("config"), dict):  # an extraction made before a rename resumes
+            old["config"] = CETTConfig.upgrade_dict(old["config"])
         diff = [k for k in meta if k != "hlens_version" and old.get(k) != meta[k]]
         if diff:
             raise ValueError(
@@ -608,7 +632,7 @@ def merge_manifest(out_dir: str | Path) -> dict[str, Any]:
     """
     out = Path(out_dir)
     meta = json.loads((out / CONFIG).read_text())
-    cfg = CETTConfig.from_dict(meta["config"])
+    cfg = CETTConfig.from_dict(CETTConfig.upgrade_dict(meta["config"]))
     n_shards = -(-meta["n_examples"] // cfg.shard_size)
     missing = [
         _shard_name(k)
@@ -658,7 +682,7 @@ class FeatureStore:
 
     @property
     def config(self) -> CETTConfig:
-        return CETTConfig.from_dict(self.manifest["config"])
+        return CETTConfig.from_dict(CETTConfig.upgrade_dict(self.manifest["config"]))
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens._version import __version__
 from hlens.errors import HlensInputError
 from hlens.examples import Example
@@ -108,7 +109,10 @@ class FindConfig:
         degenerate_threshold: stop before the probe when more than this share of first
             responses is empty, or is one repeated string (a wrong prompt; see
             :func:`degenerate_outputs`); ``None`` turns the check off.
-        mode: probe training set, ``"3-vs-1"`` (paper) or ``"1-vs-1"``.
+        contrast: the probe's training set (what the hallucinated answers are contrasted
+            with): ``"3-vs-1"`` (the paper's: faithful answers and the other tokens of both
+            classes) or ``"1-vs-1"`` (faithful answers only). ``mode=`` (and the key ``mode`` of
+            a saved config) is its deprecated name, for one release.
         penalty: ``"l1"`` (paper; sparse) or ``"l2"``.
         solver: ``"torch"`` (FISTA, GPU if present) or ``"liblinear"`` (scikit-learn).
         class_weight: ``"balanced"`` (default) weighs each training class by its inverse
@@ -116,7 +120,8 @@ class FindConfig:
             the test set is balanced answers, so without it the intercept learns the training
             prior, and accuracy at the 0.5 threshold reflects the prior rather than the neurons.
             ``None`` fits unweighted, as the official script does.
-        Cs: C grid as multiples of the smallest C that selects any neuron (``C_min``).
+        Cs: C grid as multiples of the smallest C that selects any neuron (``C_min``, computed
+            by :func:`hlens.probe.c_min`; see :mod:`hlens.probe` for how C is spelled).
         c_rule: how C is picked on the validation split (``"auroc_1se"`` favours sparsity).
         test_fraction: share of balanced question ids held out for testing.
         val_fraction: share of the training ids used to pick C.
@@ -141,7 +146,7 @@ class FindConfig:
     spans: Literal["auto", "rules", "whole", "judge", "alias"] = "auto"
     degenerate_threshold: float | None = 0.5
     samples: str | None = None
-    mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
+    contrast: Literal["3-vs-1", "1-vs-1"] = "3-vs-1"
     penalty: Literal["l1", "l2"] = "l1"
     solver: Literal["torch", "liblinear"] = "torch"
     class_weight: Literal["balanced"] | None = "balanced"
@@ -156,8 +161,13 @@ class FindConfig:
     question_col: str = "question"
     answers_col: str = "answers"
     strata_col: str | None = None
+    # deprecated keyword for `contrast`, for one release (init-only: not a field, not saved)
+    mode: InitVar[Any] = UNSET
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, mode: Any) -> None:
+        self.contrast = renamed_kwarg(
+            "FindConfig", "mode", "contrast", mode, self.contrast, "3-vs-1", stacklevel=5
+        )
         if self.dataset is None:
             self.dataset = "samples" if self.samples else default_dataset(self.model)
         if self.judge not in JUDGES:
@@ -194,9 +204,20 @@ class FindConfig:
         return d
 
     @classmethod
+    def upgrade_dict(cls, d: dict[str, Any], *, warn: bool = False) -> dict[str, Any]:
+        """A saved config's dict with its pre-rename keys renamed (``mode`` -> ``contrast``,
+        ``cett.method`` -> ``cett.aggregation``); silent by default, for comparing a run
+        directory's ``config.json`` with a new config (resuming a run made before the rename)."""
+        d = rename_keys(d, {"mode": "contrast"}, "FindConfig", warn=warn)
+        if isinstance(d.get("cett"), dict):
+            d["cett"] = CETTConfig.upgrade_dict(d["cett"], warn=warn)
+        return d
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FindConfig:
-        """The config of a :meth:`to_dict` dict; unknown fields raise ``ValueError``."""
-        d = dict(d)
+        """The config of a :meth:`to_dict` dict; unknown fields raise ``ValueError``; the keys
+        of older files (``mode``, ``cett.method``) load with a :class:`DeprecationWarning`."""
+        d = cls.upgrade_dict(d, warn=True)
         reject_unknown("FindConfig", d, [f.name for f in fields(cls)])
         if isinstance(d.get("sampling"), dict):
             d["sampling"] = SamplingConfig.from_dict(d["sampling"])
@@ -218,17 +239,25 @@ class HNeuronCount(Record):
 
 @dataclass
 class ProbeSummary(Record):
-    """The selected probe: its C (and the path's smallest), the rule, and whether it converged."""
+    """The selected probe: its C (and the path's smallest), the rule, and whether it converged.
+
+    A ``summary.json`` written before the renames (keys ``C_min`` and ``mode``) loads, with a
+    :class:`DeprecationWarning`, as ``c_min`` and ``contrast``.
+    """
 
     C: float
-    C_min: float
+    c_min: float
     c_rule: str
-    mode: str
+    contrast: str
     penalty: str
     solver: str
     n_nonzero: int
     converged: bool | None = None
     convergence: dict[str, Any] | None = None
+
+    @classmethod
+    def _upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return rename_keys(d, {"C_min": "c_min", "mode": "contrast"}, "ProbeSummary")
 
 
 @dataclass(frozen=True)
@@ -427,22 +456,26 @@ def probe_training_set(
     store: FeatureStore,
     faithful: Sequence[str],
     hallucinated: Sequence[str],
-    mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1",
+    contrast: Literal["3-vs-1", "1-vs-1"] = "3-vs-1",
+    *,
+    mode: Any = UNSET,
 ) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
     """The probe's training set from stored features, as ``hlens find`` builds it.
 
-    Answer features of the ``faithful`` and ``hallucinated`` ids; in ``"3-vs-1"`` mode also their
-    ``all_except_answer`` features as negatives (rows without such tokens are dropped).
+    Answer features of the ``faithful`` and ``hallucinated`` ids; with ``contrast="3-vs-1"``
+    also their ``all_except_answer`` features as negatives (rows without such tokens are
+    dropped). ``mode=`` is the deprecated name of ``contrast``, for one release.
     """
+    contrast = renamed_kwarg("probe_training_set", "mode", "contrast", mode, contrast, "3-vs-1")
     from hlens.probe import build_training_set
 
     faithful, hallucinated = list(faithful), list(hallucinated)
     f, h = _flat(store, "answer", faithful), _flat(store, "answer", hallucinated)
     other = None
-    if mode == "3-vs-1":
+    if contrast == "3-vs-1":
         other = _flat(store, "all_except_answer", faithful + hallucinated)
         other = other[_finite_rows(other)]
-    return build_training_set(f, h, other, mode=mode)
+    return build_training_set(f, h, other, contrast=contrast)
 
 
 #: stopping tolerance of the L1 probe fits (the C path, the final fit, the random baselines). At
@@ -459,7 +492,7 @@ def _fit_probe(
     cfg: FindConfig,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    from hlens.probe import c_min, c_path, select_C
+    from hlens.probe import c_min, c_path, select_c
 
     n_layers, d_mlp = store.shape
     val = make_splits(
@@ -472,7 +505,7 @@ def _fit_probe(
     )
 
     def training_set(faithful: list[str], halluc: list[str]):
-        return probe_training_set(store, faithful, halluc, cfg.mode)
+        return probe_training_set(store, faithful, halluc, cfg.contrast)
 
     def answer_set(faithful: list[str], halluc: list[str]):
         X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", halluc)])
@@ -494,7 +527,7 @@ def _fit_probe(
     cmin = c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
     Cs = [cmin * m for m in cfg.Cs]
     path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
-    C = select_C(path, cfg.c_rule)
+    C = select_c(path, cfg.c_rule)
     X_train, y_train = training_set(list(splits.train_faithful), list(splits.train_hallucinated))
     probe = NeuronProbe(C=C, metadata=meta, **params).fit(X_train, y_train)
     return {
@@ -589,7 +622,13 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
         columns = _file_columns(cfg)  # before loading the model: a wrong option fails fast
     if main:  # another run in `out`, or one with other options, fails before the model loads
         check_free(out)
-        check_settings(out / "config.json", cfg.to_dict(), command="hlens find", ignore=["device"])
+        check_settings(
+            out / "config.json",
+            cfg.to_dict(),
+            command="hlens find",
+            ignore=["device"],
+            upgrade=FindConfig.upgrade_dict,
+        )
     model = load_model(cfg.model, device=dist_device or cfg.device)
     source = load_source(
         cfg.dataset,
@@ -688,7 +727,7 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
         "dataset": source.name,
         "cett": cfg.cett.score_options(),
         "regions": list(cfg.cett.regions),
-        "mode": cfg.mode,
+        "contrast": cfg.contrast,
     }
     fit = _fit_probe(store, splits, groups, cfg, meta)
     probe = fit["probe"]
@@ -778,9 +817,9 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
         "controls": controls,
         "probe": {
             "C": fit["C"],
-            "C_min": fit["c_min"],
+            "c_min": fit["c_min"],
             "c_rule": cfg.c_rule,
-            "mode": cfg.mode,
+            "contrast": cfg.contrast,
             "penalty": cfg.penalty,
             "solver": cfg.solver,
             "n_nonzero": int((probe.coef_ != 0).sum()),

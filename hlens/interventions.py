@@ -7,7 +7,7 @@ the bridge, of ``model.hf_model`` and of anything that calls it (Hugging Face ``
 layer, which multiplies by a precomputed per-layer scale vector (ones except at the chosen
 neurons), so ``alpha = 1`` is an exact no-op and contexts nest: two scalings multiply.
 
-``method="weights"`` instead scales the chosen rows of ``W_out`` in place, what the official
+``implementation="weights"`` instead scales the chosen rows of ``W_out`` in place, what the official
 H-Neurons ``intervene_model.py`` does permanently, and restores the exact original rows on exit,
 even when the body raises. Both forms give the same outputs (bit-identical for powers of two).
 
@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens._deprecate import UNSET, renamed_kwarg
 from hlens.cache import right_align
 from hlens.model import Model
 from hlens.neurons import NeuronSet
@@ -236,7 +237,8 @@ def scale_neurons(
     alpha: float,
     *,
     positions: Positions = "all",
-    method: Literal["hooks", "weights"] = "hooks",
+    implementation: Literal["hooks", "weights"] = "hooks",
+    method: Any = UNSET,
 ) -> Iterator[None]:
     """Multiply the chosen neurons' activations by ``alpha`` inside the ``with`` block.
 
@@ -245,31 +247,37 @@ def scale_neurons(
         neurons: a :class:`~hlens.NeuronSet` or ``{layer: [index, ...]}``.
         alpha: the factor (``0`` silences, ``1`` changes nothing, ``> 1`` amplifies).
         positions: which positions to change; see :data:`Positions`.
-        method: ``"hooks"`` (a hook per affected layer) or ``"weights"`` (scale the rows of
-            ``W_out`` in place and restore them exactly on exit; ``positions`` must be
-            ``"all"``).
+        implementation: how the scaling is done, with the same outputs: ``"hooks"`` (a hook per
+            affected layer) or ``"weights"`` (scale the rows of ``W_out`` in place and restore
+            them exactly on exit; ``positions`` must be ``"all"``).
+        method: the deprecated name of ``implementation``, for one release (``method`` names
+            the estimator elsewhere: exact patching, AtP, integrated gradients).
 
     Raises:
-        ValueError: a set made for another model, an unknown ``method`` or ``positions``.
+        ValueError: a set made for another model, an unknown ``implementation`` or
+            ``positions``.
 
     Example:
         >>> with scale_neurons(model, {3: [17, 42]}, alpha=0.0):  # doctest: +SKIP
         ...     logits = model.bridge(tokens)
     """
+    implementation = renamed_kwarg(
+        "scale_neurons", "method", "implementation", method, implementation, "hooks", stacklevel=5
+    )  # 5: the body runs in contextlib's __enter__, called by the `with` statement
     groups = _by_layer(model, neurons)
     alpha = float(alpha)
     _check_positions(positions)
-    if method == "weights":
+    if implementation == "weights":
         if not (isinstance(positions, str) and positions == "all"):
             raise ValueError(
-                f"method='weights' scales every position; got positions={positions!r}. Use "
-                "method='hooks' to restrict positions."
+                f"implementation='weights' scales every position; got positions={positions!r}. "
+                "Use implementation='hooks' to restrict positions."
             )
         with _scale_weights(model, groups, alpha):
             yield
         return
-    if method != "hooks":
-        raise ValueError(f"method must be 'hooks' or 'weights', got {method!r}")
+    if implementation != "hooks":
+        raise ValueError(f"implementation must be 'hooks' or 'weights', got {implementation!r}")
     edits = {}
     for layer, idx in groups.items():
         scale = torch.ones(model.d_mlp)

@@ -224,7 +224,8 @@ def backward_transfer(
     for need in ("examples.jsonl", "splits.json", "probe", "h_neurons.json", "config.json"):
         if not (run / need).exists():
             raise FileNotFoundError(f"{run} has no {need}; run `hlens find` first")
-    cfg = FindConfig.from_dict(json.loads((run / "config.json").read_text()))
+    saved = json.loads((run / "config.json").read_text())
+    cfg = FindConfig.from_dict(FindConfig.upgrade_dict(saved))  # a run from before the renames too
     probe = NeuronProbe.load(run / "probe", expected_shape=(base.n_layers, base.d_mlp))
     splits = Splits.load(run / "splits.json")
     examples = read_examples(run / "examples.jsonl")
@@ -253,14 +254,14 @@ def backward_transfer(
     # a probe trained on the base model itself, same recipe and C
     f_tr, h_tr = list(splits.train_faithful), list(splits.train_hallucinated)
     other = None
-    if cfg.mode == "3-vs-1":
+    if cfg.contrast == "3-vs-1":
         other = store.load("all_except_answer", f_tr + h_tr, flat=True)
         other = other[torch.isfinite(other).all(1)]
     X_tr, y_tr = build_training_set(
         store.load("answer", f_tr, flat=True),
         store.load("answer", h_tr, flat=True),
         other,
-        mode=cfg.mode,
+        contrast=cfg.contrast,
     )
     params = probe.get_params()
     own = NeuronProbe(**params).fit(X_tr, y_tr).evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
@@ -276,9 +277,9 @@ def backward_transfer(
             tuned_store.load("answer", f_tr, flat=True),
             tuned_store.load("answer", h_tr, flat=True),
             _finite(tuned_store.load("all_except_answer", f_tr + h_tr, flat=True))
-            if cfg.mode == "3-vs-1"
+            if cfg.contrast == "3-vs-1"
             else None,
-            mode=cfg.mode,
+            contrast=cfg.contrast,
         )
         for s in range(n_random_seeds):
             idx = h.layer_matched_random(seed=seed + s).flat()

@@ -6,8 +6,14 @@ The probe reads one feature per MLP neuron (e.g. CETT contributions), in the fla
 are the paper's H-neurons (:attr:`NeuronProbe.h_neurons_`).
 
 Besides the estimator, this module builds the paper's training sets (:func:`build_training_set`),
-sweeps the regularisation strength (:func:`c_path`, :func:`select_C`) and fits the random-neuron
-control (:func:`random_neuron_baseline`).
+sweeps the regularisation strength (:func:`c_min`, :func:`c_path`, :func:`select_c`) and fits the
+random-neuron control (:func:`random_neuron_baseline`).
+
+How ``C`` is spelled: the regularisation value itself is ``C`` and a grid of them ``Cs``, upper
+case as scikit-learn's ``LogisticRegression(C=...)`` and ``LogisticRegressionCV(Cs=...)``;
+inside a longer snake_case name (a function, a config field, a JSON key) it is lower case:
+``c_min``, ``c_path``, ``c_rule``, ``select_c``. ``select_C`` is the deprecated name of
+:func:`select_c`, for one release.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -43,6 +49,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor
 
+from hlens._deprecate import UNSET, renamed_kwarg, warn_renamed
 from hlens._version import __version__
 from hlens.metrics import METRIC_NAMES, ProbeMetrics, auroc, compute_metrics
 from hlens.neurons import NeuronSet
@@ -57,7 +64,7 @@ __all__ = [
     "c_min",
     "c_path",
     "random_neuron_baseline",
-    "select_C",
+    "select_c",
 ]
 
 Features = Float[Tensor, "sample neuron"] | Float[np.ndarray, "sample neuron"]
@@ -591,7 +598,8 @@ def build_training_set(
     | Sequence[Float[Tensor, "_ neuron"] | Float[np.ndarray, "_ neuron"]]
     | None = None,
     *,
-    mode: Literal["3-vs-1", "1-vs-1"] = "3-vs-1",
+    contrast: Literal["3-vs-1", "1-vs-1"] = "3-vs-1",
+    mode: Any = UNSET,
 ) -> tuple[
     Float[Tensor, "total neuron"] | Float[np.ndarray, "total neuron"], Int[np.ndarray, " total"]
 ]:
@@ -611,23 +619,25 @@ def build_training_set(
         other: non-answer features of faithful and hallucinated responses: one matrix, or a
             sequence of matrices (e.g. ``[other_faithful, other_hallucinated]``). Required by
             ``"3-vs-1"``; must be ``None`` for ``"1-vs-1"``.
-        mode: ``"3-vs-1"`` or ``"1-vs-1"``.
+        contrast: ``"3-vs-1"`` or ``"1-vs-1"`` (:attr:`hlens.FindConfig.contrast`).
+        mode: the deprecated name of ``contrast``, for one release.
 
     Returns:
         ``(X, y)``: a tensor if any input is a tensor, else an array; and int64 labels.
 
     Example:
         >>> f, h, o = np.zeros((2, 4)), np.ones((3, 4)), np.zeros((5, 4))
-        >>> X, y = build_training_set(f, h, o, mode="3-vs-1")
+        >>> X, y = build_training_set(f, h, o, contrast="3-vs-1")
         >>> X.shape, y.tolist()
         ((10, 4), [0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
     """
-    if mode not in ("3-vs-1", "1-vs-1"):
-        raise ValueError(f"mode={mode!r} is invalid: expected '3-vs-1' or '1-vs-1'")
-    if mode == "3-vs-1" and other is None:
-        raise ValueError("mode='3-vs-1' needs the non-answer features in `other`; got None")
-    if mode == "1-vs-1" and other is not None:
-        raise ValueError("mode='1-vs-1' uses answer features only; pass other=None")
+    contrast = renamed_kwarg("build_training_set", "mode", "contrast", mode, contrast, "3-vs-1")
+    if contrast not in ("3-vs-1", "1-vs-1"):
+        raise ValueError(f"contrast={contrast!r} is invalid: expected '3-vs-1' or '1-vs-1'")
+    if contrast == "3-vs-1" and other is None:
+        raise ValueError("contrast='3-vs-1' needs the non-answer features in `other`; got None")
+    if contrast == "1-vs-1" and other is not None:
+        raise ValueError("contrast='1-vs-1' uses answer features only; pass other=None")
     others = (
         [] if other is None else [other] if isinstance(other, Tensor | np.ndarray) else list(other)
     )
@@ -778,7 +788,7 @@ def c_path(
     return CPath(tuple(Cs), **{k: tuple(v) for k, v in rows.items()}, params=params)
 
 
-def select_C(path: CPath, rule: Literal["best_auroc", "auroc_1se"] = "best_auroc") -> float:
+def select_c(path: CPath, rule: Literal["best_auroc", "auroc_1se"] = "best_auroc") -> float:
     """Pick a C from a :class:`CPath`.
 
     * ``"best_auroc"``: the highest held-out AUROC; ties broken by fewer positive neurons,
@@ -790,11 +800,11 @@ def select_C(path: CPath, rule: Literal["best_auroc", "auroc_1se"] = "best_auroc
     Example:
         >>> p = CPath((0.1, 1.0), (3, 9), (4, 12), (0.8, 0.9), (0.89, 0.90), (0.02, 0.02),
         ...           (0.8, 0.9), (0.1, 0.1), {})
-        >>> select_C(p), select_C(p, "auroc_1se")
+        >>> select_c(p), select_c(p, "auroc_1se")
         (1.0, 0.1)
     """
     if len(path) == 0:
-        raise ValueError("select_C needs a non-empty CPath")
+        raise ValueError("select_c needs a non-empty CPath")
     if rule not in ("best_auroc", "auroc_1se"):
         raise ValueError(f"rule={rule!r} is invalid: expected 'best_auroc' or 'auroc_1se'")
     auc = np.nan_to_num(np.asarray(path.auroc, dtype=np.float64), nan=-np.inf)
@@ -805,6 +815,12 @@ def select_C(path: CPath, rule: Literal["best_auroc", "auroc_1se"] = "best_auroc
     floor = auc[best] - (se if math.isfinite(se) else 0.0)
     ok = [i for i in range(len(path)) if auc[i] >= floor]
     return path.Cs[min(ok, key=lambda i: (path.n_positive[i], path.Cs[i]))]
+
+
+def select_C(path: CPath, rule: Literal["best_auroc", "auroc_1se"] = "best_auroc") -> float:
+    """Deprecated name of :func:`select_c` (kept for one release)."""
+    warn_renamed("hlens.probe.select_C", "hlens.probe.select_c")
+    return select_c(path, rule)
 
 
 # -- random-neuron control ------------------------------------------------------------------------

@@ -141,8 +141,8 @@ def _find_section(run: Path, s: Mapping[str, Any]) -> str:
             "non-zero weights",
         ),
     ]
-    if p.get("mode"):
-        facts.append(("training set", html.escape(str(p["mode"]))))
+    if p.get("contrast"):
+        facts.append(("training set", html.escape(str(p["contrast"]))))
     strata = (s.get("controls") or {}).get("strata")
     if strata:
         facts.append(("AUROC of the question type alone", _num(strata.get("strata_only_auroc"))))
@@ -297,7 +297,7 @@ def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: i
     from hlens.prompts import PromptFormat
 
     cfg = (
-        FindConfig.from_dict(_read(run / "config.json"))
+        FindConfig.from_dict(FindConfig.upgrade_dict(_read(run / "config.json")))
         if (run / "config.json").is_file()
         else None
     )

@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,7 @@ def check_settings(
     *,
     command: str,
     ignore: Sequence[str] = (),
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     """Refuse to resume into a run directory whose recorded settings differ from ``settings``.
 
@@ -162,6 +163,9 @@ def check_settings(
         settings: this run's settings (JSON-serialisable).
         command: the command, for the message (``"hlens find"``).
         ignore: keys that may differ (e.g. ``device``).
+        upgrade: maps the recorded settings to today's names before comparing (e.g.
+            :meth:`hlens.find.FindConfig.upgrade_dict`), so that a run directory written before
+            a rename resumes.
 
     Raises:
         HlensInputError: the file is unreadable or records other settings.
@@ -181,6 +185,8 @@ def check_settings(
             f"{str(path)!r} holds a {type(old).__name__}, not the settings of a {command} run; "
             "use another --out"
         )
+    if upgrade is not None:
+        old = upgrade(old)
     old, new = _flat(old), _flat(json.loads(json.dumps(settings)))
     changed = sorted(k for k in {*old, *new} if k not in ignore and old.get(k) != new.get(k))
     if changed:

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens._deprecate import UNSET, renamed_kwarg
 from hlens.cache import right_align
 from hlens.interventions import Positions, position_hook
 from hlens.model import Model
@@ -63,9 +64,10 @@ def residual_mean(
     inputs: Any,
     layer: int,
     *,
-    positions: Literal["last", "mean"] | str = "last",
+    pool: Literal["last", "mean"] | str = "last",
     batch_size: int = 16,
     fmt: PromptFormat | None = None,
+    positions: Any = UNSET,
 ) -> Float[Tensor, " d_model"]:
     """Mean residual stream after block ``layer`` over a set of inputs.
 
@@ -73,30 +75,32 @@ def residual_mean(
         model: an :class:`hlens.Model`.
         inputs: texts, :class:`~hlens.Example` objects, token ids or a TokenBatch.
         layer: the block whose output is read.
-        positions: ``"last"`` (the last real token of each sequence), ``"mean"`` (every real
-            token), or a region name of :data:`hlens.prompts.REGIONS` (examples only, e.g.
-            ``"answer"``: the answer tokens).
+        pool: which tokens are averaged: ``"last"`` (the last real token of each sequence),
+            ``"mean"`` (every real token), or a region name of :data:`hlens.prompts.REGIONS`
+            (examples only, e.g. ``"answer"``: the answer tokens). Not to be confused with the
+            ``positions`` of the interventions (:data:`hlens.interventions.Positions`: which
+            positions a hook changes).
         batch_size: sequences per forward pass.
         fmt: how examples are rendered.
+        positions: the deprecated name of ``pool``, for one release.
 
     Returns:
         The mean over the selected tokens (each token weighs the same), in the score dtype.
     """
+    pool = renamed_kwarg("residual_mean", "positions", "pool", positions, pool, "last")
     model._check_layer(layer)
     batch: TokenBatch = model.as_batch(inputs, None, fmt)
-    if positions in ("last", "mean"):
+    if pool in ("last", "mean"):
         select = batch.attention_mask.bool()
-        if positions == "last":
+        if pool == "last":
             last = torch.zeros_like(select)
             ends = select.long().cumsum(1).argmax(1)  # the last real token (either padding side)
             last[torch.arange(len(batch)), ends] = True
             select = last
-    elif positions in REGIONS:
-        select = batch.region(positions) & batch.attention_mask.bool()
+    elif pool in REGIONS:
+        select = batch.region(pool) & batch.attention_mask.bool()
     else:
-        raise ValueError(
-            f"positions must be 'last', 'mean' or a region of {REGIONS}; got {positions!r}"
-        )
+        raise ValueError(f"pool must be 'last', 'mean' or a region of {REGIONS}; got {pool!r}")
     dtype = model.score_dtype
     total = torch.zeros(model.d_model, dtype=dtype)
     count = 0
@@ -118,7 +122,7 @@ def residual_mean(
                 tokens.to(model.device), return_type=None, attention_mask=attn.to(model.device)
             )
     if count == 0:
-        raise ValueError(f"no tokens selected by positions={positions!r}")
+        raise ValueError(f"no tokens selected by pool={pool!r}")
     return total / count
 
 
@@ -128,9 +132,10 @@ def steering_vector(
     negative: Any,
     layer: int,
     *,
-    positions: Literal["last", "mean"] | str = "last",
+    pool: Literal["last", "mean"] | str = "last",
     batch_size: int = 16,
     fmt: PromptFormat | None = None,
+    positions: Any = UNSET,
 ) -> Float[Tensor, " d_model"]:
     """Difference of means, ``mean(positive) - mean(negative)``, of the residual after ``layer``.
 
@@ -139,16 +144,18 @@ def steering_vector(
         positive: inputs of the behaviour to add (texts, examples, tokens or a TokenBatch).
         negative: inputs of the opposite behaviour.
         layer: the block whose output is read (and later steered).
-        positions: which tokens to average; see :func:`residual_mean`.
+        pool: which tokens are averaged; see :func:`residual_mean`.
         batch_size: sequences per forward pass.
         fmt: how examples are rendered.
+        positions: the deprecated name of ``pool``, for one release.
 
     Example:
         >>> v = steering_vector(model, ["I don't know."], ["Paris."], layer=1)  # doctest: +SKIP
         >>> v.shape  # doctest: +SKIP
         torch.Size([32])
     """
-    kw = dict(positions=positions, batch_size=batch_size, fmt=fmt)
+    pool = renamed_kwarg("steering_vector", "positions", "pool", positions, pool, "last")
+    kw = dict(pool=pool, batch_size=batch_size, fmt=fmt)
     return residual_mean(model, positive, layer, **kw) - residual_mean(model, negative, layer, **kw)
 
 

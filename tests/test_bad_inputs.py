@@ -164,7 +164,7 @@ def test_find_batch_size_zero(capsys, tmp_path):
 
 
 def test_find_bad_choice_is_one_line(capsys, tmp_path):
-    fails(capsys, tmp_path, "find", ["find", "--mode", "2-vs-1", "--out", str(tmp_path / "X")],
+    fails(capsys, tmp_path, "find", ["find", "--contrast", "2-vs-1", "--out", str(tmp_path / "X")],
           "invalid choice")  # fmt: skip
 
 

@@ -32,7 +32,7 @@ def test_features_equal_cett_then_aggregate(tiny_model):
     for region in cfg.regions:
         ref = hlens.aggregate_region(scores, batch.regions[region], "mean")
         torch.testing.assert_close(feats[region], ref, rtol=1e-5, atol=1e-7)
-    mx = F.features_for_batch(tiny_model, batch, CETTConfig(regions=("answer",), method="max"))
+    mx = F.features_for_batch(tiny_model, batch, CETTConfig(regions=("answer",), aggregation="max"))
     torch.testing.assert_close(
         mx["answer"], hlens.aggregate_region(scores, batch.regions["answer"], "max")
     )
@@ -93,7 +93,7 @@ def test_mismatched_rerun_is_refused(llama, tmp_path):
     exs = make_examples(3)
     extract_features(llama, exs, tmp_path, CETTConfig(), progress=False)
     with pytest.raises(ValueError, match="different config"):
-        extract_features(llama, exs, tmp_path, CETTConfig(method="max"), progress=False)
+        extract_features(llama, exs, tmp_path, CETTConfig(aggregation="max"), progress=False)
     with pytest.raises(ValueError, match="different n_examples, ids_digest"):
         extract_features(llama, exs[:2], tmp_path, CETTConfig(), progress=False)
 
@@ -111,8 +111,8 @@ def test_ranks_write_disjoint_shards_and_merge_checks(llama, tmp_path):
 
 
 def test_bad_inputs(llama, tmp_path):
-    with pytest.raises((ValueError, TypeError), match="method"):
-        CETTConfig(method="median")
+    with pytest.raises((ValueError, TypeError), match="aggregation"):
+        CETTConfig(aggregation="median")
     with pytest.raises(ValueError, match="subset"):
         CETTConfig(regions=("answers",))
     with pytest.raises(ValueError, match="need an id|needs an id"):

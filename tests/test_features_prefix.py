@@ -35,11 +35,11 @@ def _normwise(a, b):
     return float((a - b).abs().nan_to_num().max() / b.abs().nan_to_num().max())
 
 
-@pytest.mark.parametrize("method", ["mean", "max"])
-def test_shared_prefix_equals_full_sequences(tiny_model, tmp_path, method):
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_shared_prefix_equals_full_sequences(tiny_model, tmp_path, aggregation):
     exs = make_examples()
     regions = ("answer", "all_except_answer", "prompt", "response")
-    cfg = CETTConfig(regions=regions, method=method, batch_size=3, shard_size=4)
+    cfg = CETTConfig(regions=regions, aggregation=aggregation, batch_size=3, shard_size=4)
     lengths, ids, patterns = F._prefix_plan(tiny_model, exs, hlens.PromptFormat(), cfg)
     assert len(ids) >= 4 and len(lengths) == len(exs)
     prefix = F._shared_prefix(tiny_model, ids, patterns, cfg)

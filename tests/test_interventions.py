@@ -64,7 +64,7 @@ def test_hook_and_weight_forms_agree(tiny_model):
     for alpha, exact in ((2.0, True), (0.0, True), (1.7, False)):
         with scale_neurons(tiny_model, ns, alpha):
             hooked = _logits(tiny_model, batch)
-        with scale_neurons(tiny_model, ns, alpha, method="weights"):
+        with scale_neurons(tiny_model, ns, alpha, implementation="weights"):
             weighted = _logits(tiny_model, batch)
         assert not torch.equal(hooked, base)
         if exact:  # powers of two and zero scale without rounding
@@ -103,7 +103,7 @@ def test_nested_contexts_compose(llama):
     with scale_neurons(llama, ns, 3.0):
         once = _logits(llama, batch)
     torch.testing.assert_close(nested, once, rtol=1e-6, atol=1e-6)
-    with scale_neurons(llama, ns, 2.0), scale_neurons(llama, ns, 1.5, method="weights"):
+    with scale_neurons(llama, ns, 2.0), scale_neurons(llama, ns, 1.5, implementation="weights"):
         mixed = _logits(llama, batch)
     torch.testing.assert_close(mixed, once, rtol=1e-5, atol=1e-5)
     assert _no_hooks(llama)
@@ -137,7 +137,7 @@ def test_mean_ablation_uses_reference_mean(llama):
 def test_hooks_removed_and_weights_restored_after_exception(llama):
     ns = _neurons(llama)
     before = [llama.W_out(layer).clone() for layer in range(llama.n_layers)]
-    for kwargs in ({}, {"method": "weights"}, {"positions": [0, 2]}):
+    for kwargs in ({}, {"implementation": "weights"}, {"positions": [0, 2]}):
         with pytest.raises(RuntimeError, match="boom"), scale_neurons(llama, ns, 2.5, **kwargs):
             _logits(llama, llama.tokenize(TEXTS))
             raise RuntimeError("boom")
@@ -169,7 +169,7 @@ def test_positions(llama):
     assert torch.equal(sliced, masked) and torch.equal(sliced, listed)
     with pytest.raises(ValueError, match="positions"), scale_neurons(llama, ns, 2.0, positions="x"):
         pass
-    weights_last = scale_neurons(llama, ns, 2.0, method="weights", positions="last")
+    weights_last = scale_neurons(llama, ns, 2.0, implementation="weights", positions="last")
     with pytest.raises(ValueError, match="weights"), weights_last:
         pass
 

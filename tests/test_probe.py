@@ -21,7 +21,7 @@ from hlens.probe import (
     build_training_set,
     c_path,
     random_neuron_baseline,
-    select_C,
+    select_c,
 )
 
 N_LAYERS, D_MLP = 4, 50
@@ -261,9 +261,9 @@ def test_save_unfitted_and_unserialisable_metadata(tmp_path, data):
 def test_build_training_set_modes():
     f, h = np.zeros((3, 6), np.float32), np.ones((2, 6), np.float32)
     of, oh = np.full((4, 6), 2.0, np.float32), np.full((5, 6), 3.0, np.float32)
-    X, y = build_training_set(f, h, mode="1-vs-1")
+    X, y = build_training_set(f, h, contrast="1-vs-1")
     assert X.shape == (5, 6) and y.tolist() == [0, 0, 0, 1, 1]
-    X, y = build_training_set(f, h, [of, oh], mode="3-vs-1")
+    X, y = build_training_set(f, h, [of, oh], contrast="3-vs-1")
     assert X.shape == (14, 6) and y.tolist() == [0] * 3 + [1] * 2 + [0] * 9
     np.testing.assert_array_equal(X[y == 1], h)
     Xt, yt = build_training_set(torch.from_numpy(f), h, of)
@@ -273,13 +273,13 @@ def test_build_training_set_modes():
 def test_build_training_set_errors():
     f, h = np.zeros((3, 6), np.float32), np.ones((2, 6), np.float32)
     with pytest.raises(ValueError, match="needs the non-answer features"):
-        build_training_set(f, h, mode="3-vs-1")
+        build_training_set(f, h, contrast="3-vs-1")
     with pytest.raises(ValueError, match="pass other=None"):
-        build_training_set(f, h, f, mode="1-vs-1")
+        build_training_set(f, h, f, contrast="1-vs-1")
     with pytest.raises((ValueError, TypeError), match="2-vs-2"):  # ours, or the type hook's
-        build_training_set(f, h, mode="2-vs-2")
+        build_training_set(f, h, contrast="2-vs-2")
     with pytest.raises((ValueError, TypeError)):  # width mismatch: ours, or jaxtyping's
-        build_training_set(f, np.ones((2, 5), np.float32), mode="1-vs-1")
+        build_training_set(f, np.ones((2, 5), np.float32), contrast="1-vs-1")
 
 
 # -- C path ---------------------------------------------------------------------------------------
@@ -291,17 +291,17 @@ def test_c_path_and_select(data, solver):
     assert path.n_nonzero[0] <= path.n_nonzero[-1]
     assert path.n_nonzero[-1] > path.n_nonzero[1]
     assert max(path.auroc) > 0.95
-    best = select_C(path)
+    best = select_c(path)
     assert path.auroc[path.Cs.index(best)] == max(path.auroc)
-    sparse = select_C(path, "auroc_1se")
+    sparse = select_c(path, "auroc_1se")
     assert path.n_positive[path.Cs.index(sparse)] <= path.n_positive[path.Cs.index(best)]
     assert CPath.from_dict(json.loads(json.dumps(path.to_dict()))) == path
 
 
-def test_select_C_rejects_unknown_rule():
+def test_select_c_rejects_unknown_rule():
     p = CPath((1.0,), (1,), (1,), (0.5,), (0.5,), (0.1,), (0.5,), (0.0,), {})
     with pytest.raises((ValueError, TypeError), match="best_f1"):  # ours, or the type hook's
-        select_C(p, "best_f1")
+        select_c(p, "best_f1")
 
 
 # -- random-neuron control ------------------------------------------------------------------------

@@ -62,9 +62,9 @@ def make_run(
             "controls": {"strata": {"strata_only_auroc": 0.6123, "within_strata_auroc": 0.8456}},
             "probe": {
                 "C": 0.05,
-                "C_min": 0.01,
+                "c_min": 0.01,
                 "c_rule": "auroc_1se",
-                "mode": "3-vs-1",
+                "contrast": "3-vs-1",
                 "penalty": "l1",
                 "solver": "torch",
                 "n_nonzero": 6,

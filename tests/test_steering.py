@@ -36,7 +36,7 @@ def test_steering_vector_is_difference_of_means(llama):
     pos, neg = _resid(llama, POS, layer), _resid(llama, NEG, layer)
     want = torch.stack([x[-1] for x in pos]).mean(0) - torch.stack([x[-1] for x in neg]).mean(0)
     torch.testing.assert_close(v, want.to(v.dtype), rtol=1e-4, atol=1e-5)
-    mean_all = residual_mean(llama, POS, layer, positions="mean")
+    mean_all = residual_mean(llama, POS, layer, pool="mean")
     tokens = torch.cat(pos)
     torch.testing.assert_close(mean_all, tokens.mean(0).to(mean_all.dtype), rtol=1e-4, atol=1e-5)
 

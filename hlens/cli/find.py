@@ -11,10 +11,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from hlens._deprecate import warn_renamed
 from hlens.checks import check_range
-from hlens.errors import validating
+from hlens.errors import HlensInputError, validating
 from hlens.features import CETTConfig
 from hlens.find import JUDGES, SPAN_EXTRACTORS, FindConfig, _f3, confound_lines, find
 from hlens.prompts import PROMPT_FORMATS
@@ -91,7 +93,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.cett.shard_size,
         help="examples per feature shard (the unit of resuming)",
     )
-    p.add_argument("--mode", choices=["3-vs-1", "1-vs-1"], default=d.mode)
+    p.add_argument(
+        "--contrast",
+        choices=["3-vs-1", "1-vs-1"],
+        default=d.contrast,
+        help="the probe's training set: answers against answers and other tokens (3-vs-1, the "
+        "paper's) or answers only (1-vs-1)",
+    )
+    p.add_argument(  # deprecated name of --contrast, for one release
+        "--mode", choices=["3-vs-1", "1-vs-1"], default=None, help=argparse.SUPPRESS
+    )
     p.add_argument("--penalty", choices=["l1", "l2"], default=d.penalty)
     p.add_argument("--solver", choices=["torch", "liblinear"], default=d.solver)
     p.add_argument(
@@ -100,12 +111,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.class_weight or "none",
         help="weigh training classes by inverse frequency (default) or not (official script)",
     )
-    p.add_argument("--aggregation", choices=["mean", "max"], default=d.cett.method)
+    p.add_argument("--aggregation", choices=["mean", "max"], default=d.cett.aggregation)
     p.add_argument("--no-abs", action="store_true", help="signed activations (use_abs=False)")
     p.add_argument("--no-mag", action="store_true", help="drop ||W_out|| (use_mag=False)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
+
+
+def _contrast(args: argparse.Namespace) -> str:
+    """``--contrast``, or the deprecated ``--mode`` (a warning on stderr) when that was given."""
+    if args.mode is None:
+        return args.contrast
+    if args.contrast != FindConfig().contrast and args.contrast != args.mode:
+        raise HlensInputError(
+            f"--mode {args.mode} and --contrast {args.contrast} disagree; --mode is the "
+            "deprecated name of --contrast: pass only --contrast"
+        )
+    warn_renamed("hlens find --mode", "--contrast", stacklevel=2)
+    print("hlens find: warning: --mode is deprecated; use --contrast", file=sys.stderr)
+    return args.mode
 
 
 def _config_from_args(args: argparse.Namespace) -> FindConfig:
@@ -124,7 +149,7 @@ def _config_from_args(args: argparse.Namespace) -> FindConfig:
     cett = CETTConfig(
         use_abs=not args.no_abs,
         use_mag=not args.no_mag,
-        method=args.aggregation,
+        aggregation=args.aggregation,
         batch_size=args.batch_size,
         shard_size=args.shard_size,
     )
@@ -141,7 +166,7 @@ def _config_from_args(args: argparse.Namespace) -> FindConfig:
         limit=args.limit,
         sampling=sampling,
         cett=cett,
-        mode=args.mode,
+        contrast=_contrast(args),
         penalty=args.penalty,
         class_weight=None if args.class_weight == "none" else args.class_weight,
         solver=args.solver,
