@@ -19,7 +19,9 @@ The machine's limit is measured next to it: fp32 GEMM throughput at the decode s
 (``[batch, d_model] x [d_model, d_mlp]`` and the unembedding ``[batch, d_model] x [d_model,
 vocab]``) and memory bandwidth (a large tensor copy). The sampler's achieved FLOP/s counts the
 matmul FLOPs of every forward it makes (2 x parameters used per token, the unembedding only where
-logits are computed, and attention's ``QK^T`` and ``AV`` over the cached length).
+logits are computed, and attention's ``QK^T`` and ``AV`` over the cached length). The same count
+on ``generate``'s forwards gives ``work_ratio`` (generate's FLOPs over hlens's): the speedup that
+skipping work alone gives at equal FLOP/s. Beyond it, hlens must run its FLOPs faster.
 
 Run: ``python -m benchmarks.bench_sampling [--full] [--only smollm2 gemma3] [--out PATH]``, or
 ``run(quick)`` (``python -m benchmarks.run --only sampling``).
@@ -278,6 +280,8 @@ def compare(
             c.__exit__(None, None, None)
     fc = counters[0]
     fc.flops = sum(c.flops for c in counters)
+    with torch.no_grad(), FlopCounter(model) as gc:  # generate's work, also untimed
+        _generate_hf(model, tok, enc, cfg)
     fast_path = any(getattr(c.model, "_hlens_kv_heads", None) for c in counters)
     assert again == ours
     mismatch = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
@@ -302,6 +306,10 @@ def compare(
         "n_mismatch": len(mismatch),
         "mismatch_examples": [[ours[i], theirs[i]] for i in mismatch[:3]],
         "hlens_gflop": round(fc.flops / 1e9, 2),
+        "generate_gflop": round(gc.flops / 1e9, 2),
+        # the speedup that equal FLOP/s would give: what the work hlens skips is worth
+        "work_ratio": round(gc.flops / fc.flops, 3),
+        "generate_gflops_per_s": round(gc.flops / hf / 1e9, 2),
         "hlens_gflops_per_s": round(achieved / 1e9, 2),
         "machine": {
             "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
