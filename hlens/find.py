@@ -13,7 +13,7 @@ Interrupting it loses at most one sampling batch or one feature shard; rerunning
 
 Example:
     >>> result = find(FindConfig(model="organism"), "runs/organism")  # doctest: +SKIP
-    >>> result["h_neurons"]["count"]  # doctest: +SKIP
+    >>> result.h_neurons.count  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ from hlens.features import (
     init_distributed,
     write_examples,
 )
-from hlens.judge import Funnel, RuleJudge, consistency_filter, locate_answer
+from hlens.judge import ConsistencyResult, Funnel, RuleJudge, consistency_filter, locate_answer
 from hlens.metrics import ProbeMetrics
 from hlens.model import Model
-from hlens.probe import NeuronProbe
+from hlens.neurons import NeuronSet
+from hlens.probe import CPath, NeuronProbe
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
-from hlens.records import Record, jsonable, reject_unknown
+from hlens.records import Record, atomic_write_text, jsonable, reject_unknown
 from hlens.sampling import SamplingConfig, sample_to_jsonl
 from hlens.sources import QuestionSource, default_dataset, is_source, source_sampling
 from hlens.spans import RuleSpanExtractor, SpanResult, WholeResponseExtractor, span_step_counts
@@ -485,13 +486,64 @@ def probe_training_set(
 PROBE_TOL = 1e-5
 
 
+def _answer_set(
+    store: FeatureStore, faithful: Sequence[str], hallucinated: Sequence[str]
+) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
+    faithful, hallucinated = list(faithful), list(hallucinated)
+    X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", hallucinated)])
+    y = np.array([0] * len(faithful) + [1] * len(hallucinated), dtype=np.int64)
+    return X, y
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    """The fitted probe of a run and the C path that chose its C (:func:`find`'s probe stage).
+
+    Attributes:
+        probe: the probe refit on the whole training split at ``C``.
+        path: held-out quality and sparsity along the C grid (on a validation split of train).
+        C: the selected C (``FindConfig.c_rule`` on ``path``).
+        c_min: the smallest C that selects any neuron (``1.0`` for an L2 penalty); the grid is
+            ``c_min * FindConfig.Cs``.
+        store: the CETT features the sets below are read from.
+        contrast: the training set's contrast (``"3-vs-1"`` or ``"1-vs-1"``).
+    """
+
+    probe: NeuronProbe
+    path: CPath
+    C: float
+    c_min: float
+    store: FeatureStore
+    contrast: str
+
+    def training_set(
+        self, faithful: Sequence[str], hallucinated: Sequence[str]
+    ) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
+        """The probe's training set of these ids (:func:`probe_training_set`)."""
+        return probe_training_set(self.store, list(faithful), list(hallucinated), self.contrast)
+
+    def answer_set(
+        self, faithful: Sequence[str], hallucinated: Sequence[str]
+    ) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
+        """The answer-region features of these ids, faithful first (label 0) then hallucinated
+        (label 1): what the probe is evaluated on."""
+        return _answer_set(self.store, faithful, hallucinated)
+
+    def h_neurons(self, model: str, dataset: str) -> NeuronSet:
+        """The probe's H-neurons (positive weights); their meta names the model, data and C."""
+        h = self.probe.h_neurons_
+        meta = {**h.meta, "model": model, "dataset": dataset, "C": self.C}
+        return type(h)(h.neurons, h.n_layers, h.d_mlp, h.weights, meta)
+
+
 def _fit_probe(
     store: FeatureStore,
     splits: Splits,
     groups: dict[str, str] | None,
     cfg: FindConfig,
     meta: dict[str, Any],
-) -> dict[str, Any]:
+) -> ProbeFit:
+    """The C path on a validation split of train, then the probe refit on train at the chosen C."""
     from hlens.probe import c_min, c_path, select_c
 
     n_layers, d_mlp = store.shape
@@ -503,15 +555,6 @@ def _fit_probe(
         balance=False,
         groups={i: groups[i] for i in splits.train_ids} if groups else None,
     )
-
-    def training_set(faithful: list[str], halluc: list[str]):
-        return probe_training_set(store, faithful, halluc, cfg.contrast)
-
-    def answer_set(faithful: list[str], halluc: list[str]):
-        X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", halluc)])
-        y = np.array([0] * len(faithful) + [1] * len(halluc), dtype=np.int64)
-        return X, y
-
     params = dict(
         penalty=cfg.penalty,
         solver=cfg.solver,
@@ -522,22 +565,365 @@ def _fit_probe(
         tol=PROBE_TOL,
         class_weight=cfg.class_weight,
     )
-    X_fit, y_fit = training_set(list(val.train_faithful), list(val.train_hallucinated))
-    X_val, y_val = answer_set(list(val.test_faithful), list(val.test_hallucinated))
+    X_fit, y_fit = probe_training_set(
+        store, list(val.train_faithful), list(val.train_hallucinated), cfg.contrast
+    )
+    X_val, y_val = _answer_set(store, val.test_faithful, val.test_hallucinated)
     cmin = c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
     Cs = [cmin * m for m in cfg.Cs]
     path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
     C = select_c(path, cfg.c_rule)
-    X_train, y_train = training_set(list(splits.train_faithful), list(splits.train_hallucinated))
+    X_train, y_train = probe_training_set(
+        store, list(splits.train_faithful), list(splits.train_hallucinated), cfg.contrast
+    )
     probe = NeuronProbe(C=C, metadata=meta, **params).fit(X_train, y_train)
+    return ProbeFit(probe, path, C, cmin, store, cfg.contrast)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """Every question's judgements (:func:`find`'s judge stage): the label and span of each
+    sampled response, and which questions the consistency filter keeps."""
+
+    labels: dict[str, list[str]]
+    spans: dict[str, list[Any]]
+    consistency: ConsistencyResult
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """One labelled example per kept question, with its answer span (:func:`find`'s span stage),
+    and what was seen on the way: questions without a span, degenerate or truncated responses.
+
+    Attributes:
+        examples: the first response of each kept question whose answer span was found.
+        skipped: the kept questions without an answer span (id, label, reason).
+        span_method: the span extractor (a key of :data:`SPAN_EXTRACTORS`).
+        span_info: per class, the extractor steps and the whole-response share (summary.json's
+            ``spans``).
+        degenerate: :func:`degenerate_outputs` of all first responses.
+        n_truncated_samples: sampled responses cut at the token limit.
+        n_samples_total: all sampled responses.
+    """
+
+    examples: list[Example]
+    skipped: list[dict[str, Any]]
+    span_method: str
+    span_info: dict[str, Any]
+    degenerate: dict[str, Any]
+    n_truncated_samples: int
+    n_samples_total: int
+
+    def ids(self, label: str) -> list[str]:
+        """The ids of the examples labelled ``label``, in order."""
+        return [e.id for e in self.examples if e.label == label]
+
+
+@dataclass
+class Judgements(Record):
+    """``judgements.json``: the labels of every sample, the consistency filter, the questions
+    without an answer span, the degenerate-output check and the span summary."""
+
+    labels: dict[str, list[str]]
+    consistency: dict[str, Any]
+    skipped: list[dict[str, Any]]
+    degenerate: dict[str, Any]
+    spans: dict[str, Any]
+
+    @classmethod
+    def of(cls, judged: Judged, labelled: Labelled) -> Judgements:
+        return cls(
+            judged.labels,
+            judged.consistency.to_dict(),
+            labelled.skipped,
+            labelled.degenerate,
+            labelled.span_info,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``judgements.json`` as it always was (``indent=0``; an undefined share stays
+        ``NaN``, not ``null``), atomically."""
+        raw = {f.name: getattr(self, f.name) for f in fields(self)}
+        return atomic_write_text(path, json.dumps(raw, indent=0))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The probe on the test split, and both splits' feature sets (:func:`find`'s test stage).
+
+    Attributes:
+        metrics: test metrics with bootstrap intervals.
+        scores: the probe's decision values on ``X_test``.
+    """
+
+    X_train: Float[Tensor, "train neuron"]
+    y_train: Int[np.ndarray, " train"]
+    X_test: Float[Tensor, "test neuron"]
+    y_test: Int[np.ndarray, " test"]
+    metrics: ProbeMetrics
+    scores: np.ndarray
+
+
+def _responses(
+    model: Model,
+    source: QuestionSource,
+    imported: dict[str, dict[str, Any]] | None,
+    out: Path,
+    cfg: FindConfig,
+    fmt: PromptFormat,
+    rank: int,
+    world: int,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Sample every question's responses on rank 0 (or take those sampled elsewhere); the other
+    ranks read the finished store."""
+    main = rank == 0
+    if imported is not None:
+        records = imported
+        if main:
+            _store_imported(records, out, "samples.jsonl")
+    elif main:
+        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", progress)
+    _barrier(world)
+    if imported is None and not main:  # the store is complete: this reads it, generating nothing
+        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
+    return records
+
+
+def _judge(source: QuestionSource, records: dict[str, dict[str, Any]], cfg: FindConfig) -> Judged:
+    """Judge every sampled response; keep the questions judged the same in every sample."""
+    labels, spans = _judge_all(source.judge, source.questions, records)
+    consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
+    return Judged(labels, spans, consistency)
+
+
+def _write_official_samples(
+    source: QuestionSource,
+    records: dict[str, dict[str, Any]],
+    judged: Judged,
+    cfg: FindConfig,
+    out: Path,
+) -> None:
+    """``consistency_samples.jsonl``: the responses and labels in the official scripts' layout."""
+    from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
+
+    official = [
+        ConsistencyRecord(
+            q.id,
+            q.question + cfg.instruction,
+            records[q.id]["responses"],
+            [OFFICIAL_JUDGE[x] for x in judged.labels[q.id]],
+            list(q.answers),
+        )
+        for q in source.questions
+    ]
+    write_consistency_samples(official, out / "consistency_samples.jsonl")
+
+
+def _label(
+    source: QuestionSource, records: dict[str, dict[str, Any]], judged: Judged, cfg: FindConfig
+) -> Labelled:
+    """One example per kept question (its first response) with its answer span, and the checks
+    on the responses (degenerate, truncated)."""
+    how = _span_method(cfg, source)
+    kept = judged.consistency.kept
+    examples, skipped, steps = _labelled_examples(
+        source.questions, records, judged.labels, judged.spans, kept, how
+    )
+    return Labelled(
+        examples=examples,
+        skipped=skipped,
+        span_method=how,
+        span_info=_span_summary(how, examples, kept, steps),
+        degenerate=degenerate_outputs(records, threshold=cfg.degenerate_threshold or 1.0),
+        n_truncated_samples=sum(sum(r["truncated"]) for r in records.values()),
+        n_samples_total=sum(len(r["truncated"]) for r in records.values()),
+    )
+
+
+def _check_degenerate(labelled: Labelled, judged: Judged, cfg: FindConfig, prompt: str) -> None:
+    """Stop before the probe when the responses are degenerate (see :func:`degenerate_outputs`)."""
+    degenerate = labelled.degenerate
+    if degenerate["degenerate"] and cfg.degenerate_threshold is not None:
+        raise HlensInputError(
+            f"the model's responses are degenerate ({100 * degenerate['share_empty']:.0f}% empty, "
+            f"{100 * degenerate['share_most_common']:.0f}% are "
+            f"{degenerate['most_common_response']!r}); the probe would learn nothing. Check the "
+            f"prompt format ({prompt!r}; --prompt) and that the tokenizer adds the model's "
+            f"special tokens. Funnel: {judged.consistency.funnel.to_dict()}"
+        )
+
+
+def _split(
+    labelled: Labelled, judged: Judged, source: QuestionSource, cfg: FindConfig
+) -> tuple[Splits, dict[str, str] | None]:
+    """Balanced, disjoint train/test splits (by group when the source has groups), and the
+    groups of the labelled examples."""
+    faithful, halluc = labelled.ids("faithful"), labelled.ids("hallucinated")
+    if min(len(faithful), len(halluc)) < 4:
+        raise HlensInputError(
+            f"too few consistent questions to fit a probe: {len(faithful)} faithful, {len(halluc)} "
+            f"hallucinated (funnel: {judged.consistency.funnel.to_dict()}); use more questions"
+        )
+    groups = {e.id: source.groups[e.id] for e in labelled.examples} if source.groups else None
+    splits = make_splits(
+        faithful, halluc, test_fraction=cfg.test_fraction, seed=cfg.seed, groups=groups
+    )
+    return splits, groups
+
+
+def _probe_meta(cfg: FindConfig, source: QuestionSource) -> dict[str, Any]:
+    """What the saved probe records about how its features were made."""
     return {
-        "probe": probe,
-        "path": path,
-        "C": C,
-        "c_min": cmin,
-        "answer_set": answer_set,
-        "training_set": training_set,
+        "model_id": cfg.model,
+        "dataset": source.name,
+        "cett": cfg.cett.score_options(),
+        "regions": list(cfg.cett.regions),
+        "contrast": cfg.contrast,
     }
+
+
+def _evaluate(fit: ProbeFit, splits: Splits, cfg: FindConfig) -> Evaluation:
+    """The probe's test metrics (with bootstrap intervals), and both splits' feature sets."""
+    X_test, y_test = fit.answer_set(splits.test_faithful, splits.test_hallucinated)
+    metrics = fit.probe.evaluate(X_test, y_test, n_boot=cfg.n_boot, seed=cfg.seed)
+    X_train, y_train = fit.training_set(splits.train_faithful, splits.train_hallucinated)
+    scores = fit.probe.decision_function(X_test)
+    return Evaluation(X_train, y_train, X_test, y_test, metrics, scores)
+
+
+def _random_baseline(
+    fit: ProbeFit, h: NeuronSet, ev: Evaluation, cfg: FindConfig
+) -> dict[str, Any]:
+    """Probes on layer-matched random neurons, as many as the H-neurons (summary.json's
+    ``baselines.random_neurons``)."""
+    from hlens.probe import random_neuron_baseline
+
+    if len(h) == 0:
+        return {"note": "no H-neurons selected"}
+    params = dict(
+        penalty=cfg.penalty,
+        solver=cfg.solver,
+        C=fit.C,
+        max_iter=5000,
+        tol=PROBE_TOL,
+        n_layers=h.n_layers,
+        d_mlp=h.d_mlp,
+        random_state=cfg.seed,
+        class_weight=cfg.class_weight,
+    )
+    b = random_neuron_baseline(
+        ev.X_train,
+        ev.y_train,
+        ev.X_test,
+        ev.y_test,
+        h,
+        n_seeds=cfg.n_random_seeds,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        **params,
+    )
+    return {
+        "accuracy": b.mean["accuracy"],
+        "auroc": b.mean["auroc"],
+        "ci": b.ci,
+        "h_neurons_only": b.reference.to_dict(),
+        "seeds": list(b.seeds),
+        "per_seed": [m.to_dict() for m in b.random],
+    }
+
+
+def _controls(
+    model: Model,
+    fmt: PromptFormat,
+    records: dict[str, dict[str, Any]],
+    splits: Splits,
+    labelled: Labelled,
+    ev: Evaluation,
+    source: QuestionSource,
+    out: Path,
+    cfg: FindConfig,
+) -> dict[str, Any]:
+    """How much of the probe's AUROC the question type alone explains (``strata``), and one
+    number per example against the probe on the same test split (``confounds``)."""
+    controls: dict[str, Any] = {"strata": None}
+    if source.strata:
+        from hlens.metrics import strata_control
+
+        train_ids = [*splits.train_faithful, *splits.train_hallucinated]
+        test_ids = [*splits.test_faithful, *splits.test_hallucinated]
+        controls["strata"] = strata_control(
+            np.array([0] * len(splits.train_faithful) + [1] * len(splits.train_hallucinated)),
+            [source.strata[i] for i in train_ids],
+            ev.y_test,
+            ev.scores,
+            [source.strata[i] for i in test_ids],
+        )
+    by_id = {e.id: e for e in labelled.examples}
+    controls["confounds"] = _confounds(
+        model, fmt, records, splits, by_id, ev.scores, controls, out, cfg
+    )
+    return controls
+
+
+def _summary(
+    cfg: FindConfig,
+    model: Model,
+    source: QuestionSource,
+    judged: Judged,
+    labelled: Labelled,
+    splits: Splits,
+    fit: ProbeFit,
+    h: NeuronSet,
+    ev: Evaluation,
+    baseline: dict[str, Any],
+    controls: dict[str, Any],
+    ood: dict[str, Any],
+    prompt_name: str,
+    fmt: PromptFormat,
+    seconds: float,
+) -> FindResult:
+    """The run's :class:`FindResult` (``summary.json``) from its stages."""
+    probe = fit.probe
+    summary = {
+        "hlens_version": __version__,
+        "model": cfg.model,
+        "dataset": source.name,
+        "n_layers": model.n_layers,
+        "d_mlp": model.d_mlp,
+        "h_neurons": {"count": len(h), "fraction": h.fraction(), "per_layer": h.layer_counts()},
+        "metrics": {"test": {**_headline(ev.metrics), "n": len(ev.y_test)}, "ood": _pick(ood)},
+        "baselines": {"random_neurons": baseline},
+        "controls": controls,
+        "probe": {
+            "C": fit.C,
+            "c_min": fit.c_min,
+            "c_rule": cfg.c_rule,
+            "contrast": cfg.contrast,
+            "penalty": cfg.penalty,
+            "solver": cfg.solver,
+            "n_nonzero": int((probe.coef_ != 0).sum()),
+            "converged": getattr(probe, "converged_", None),
+            "convergence": getattr(probe, "convergence_", None),
+        },
+        "c_path": fit.path.to_dict(),
+        "funnel": {
+            **judged.consistency.funnel.to_dict(),
+            "n_span_not_found": len(labelled.skipped),
+            "n_train": len(splits.train_ids),
+            "n_test": len(splits.test_ids),
+            "n_truncated_samples": labelled.n_truncated_samples,
+            "n_samples_total": labelled.n_samples_total,
+            "degenerate": labelled.degenerate,
+        },
+        "spans": labelled.span_info,
+        "prompt": {"name": prompt_name, "format": fmt.to_dict()},
+        "judge": cfg.judge,
+        "ood": ood,
+        "source": source.info,
+        "seconds": round(seconds, 1),
+    }
+    return FindResult.from_dict(jsonable(summary))
 
 
 def _ood(
@@ -588,16 +974,11 @@ def _ood(
     return result
 
 
-def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> FindResult:
-    """Run the identification pipeline; returns (and writes, ``summary.json``) its
-    :class:`FindResult`. See the module doc."""
-    from hlens.checks import load_model, load_source
+def _resolve(config: FindConfig) -> tuple[FindConfig, dict[str, dict[str, Any]] | None]:
+    """The config with its sampling settled (the source's defaults, or the responses file's
+    sample count), and the responses sampled elsewhere (``--samples``), if any."""
     from hlens.errors import validating
-    from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
-    from hlens.probe import random_neuron_baseline
-    from hlens.runlock import acquire, check_free, check_settings, kill_point
 
-    t0 = time.time()
     cfg = config
     if cfg.sampling is None:
         sampling = source_sampling(cfg.dataset, model=cfg.model)
@@ -613,6 +994,27 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
         n_file = len(next(iter(imported.values()))["responses"])
         sampling = {**cfg.sampling.to_dict(), "n_samples": n_file}
         cfg = FindConfig.from_dict({**cfg.to_dict(), "sampling": sampling})
+    return cfg, imported
+
+
+def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> FindResult:
+    """Run the identification pipeline; returns (and writes, ``summary.json``) its
+    :class:`FindResult`. See the module doc.
+
+    The stages, each a function returning a small typed result: settle the config; validate
+    the inputs and load the model and the source; sample (:func:`_responses`); judge and keep
+    consistent questions (:class:`Judged`); label one example per question with its answer span
+    (:class:`Labelled`, ``judgements.json``); split (:class:`~hlens.splits.Splits`); CETT
+    features (:class:`~hlens.features.FeatureStore`); the probe (:class:`ProbeFit`); test
+    metrics (:class:`Evaluation`); random-neuron baselines and confound controls; out of
+    distribution; the summary (:class:`FindResult`).
+    """
+    from hlens.checks import load_model, load_source
+    from hlens.errors import validating
+    from hlens.runlock import acquire, check_free, check_settings, kill_point
+
+    t0 = time.time()
+    cfg, imported = _resolve(config)
     out = Path(out_dir)
     # under torchrun: rank 0 samples; every rank extracts its share of feature shards
     rank, world, dist_device = init_distributed()
@@ -647,67 +1049,18 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
     fmt = prompt_format(prompt_name, model.tokenizer, cfg.instruction)
 
     # 1. sample (or read responses sampled elsewhere), 2. judge, 3. keep consistent questions
-    if imported is not None:
-        records = imported
-        if main:
-            _store_imported(records, out, "samples.jsonl")
-    elif main:
-        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", progress)
-    _barrier(world)
-    if imported is None and not main:  # the store is complete: this reads it, generating nothing
-        records = _sample(model, source.questions, out, cfg, fmt, "samples.jsonl", False)
-    labels, spans = _judge_all(source.judge, source.questions, records)
-    consistency = consistency_filter(labels, n_samples=cfg.sampling.n_samples)
+    records = _responses(model, source, imported, out, cfg, fmt, rank, world, progress)
+    judged = _judge(source, records, cfg)
     if main:
-        official = [
-            ConsistencyRecord(
-                q.id,
-                q.question + cfg.instruction,
-                records[q.id]["responses"],
-                [OFFICIAL_JUDGE[x] for x in labels[q.id]],
-                list(q.answers),
-            )
-            for q in source.questions
-        ]
-        write_consistency_samples(official, out / "consistency_samples.jsonl")
-    how = _span_method(cfg, source)
-    examples, skipped, steps = _labelled_examples(
-        source.questions, records, labels, spans, consistency.kept, how
-    )
-    truncated = sum(sum(r["truncated"]) for r in records.values())
-    degenerate = degenerate_outputs(records, threshold=cfg.degenerate_threshold or 1.0)
-    span_info = _span_summary(how, examples, consistency.kept, steps)
+        _write_official_samples(source, records, judged, cfg, out)
+    labelled = _label(source, records, judged, cfg)
     if main:
-        judged = {
-            "labels": labels,
-            "consistency": consistency.to_dict(),
-            "skipped": skipped,
-            "degenerate": degenerate,
-            "spans": span_info,
-        }
-        (out / "judgements.json").write_text(json.dumps(judged, indent=0))
-    if degenerate["degenerate"] and cfg.degenerate_threshold is not None:
-        raise HlensInputError(
-            f"the model's responses are degenerate ({100 * degenerate['share_empty']:.0f}% empty, "
-            f"{100 * degenerate['share_most_common']:.0f}% are "
-            f"{degenerate['most_common_response']!r}); the probe would learn nothing. Check the "
-            f"prompt format ({prompt_name!r}; --prompt) and that the tokenizer adds the model's "
-            f"special tokens. Funnel: {consistency.funnel.to_dict()}"
-        )
+        Judgements.of(judged, labelled).save(out / "judgements.json")
+    _check_degenerate(labelled, judged, cfg, prompt_name)
 
     # 4. balanced, disjoint splits (by group when the source has groups)
-    by_id = {e.id: e for e in examples}
-    faithful = [e.id for e in examples if e.label == "faithful"]
-    halluc = [e.id for e in examples if e.label == "hallucinated"]
-    if min(len(faithful), len(halluc)) < 4:
-        raise HlensInputError(
-            f"too few consistent questions to fit a probe: {len(faithful)} faithful, {len(halluc)} "
-            f"hallucinated (funnel: {consistency.funnel.to_dict()}); use more questions"
-        )
-    groups = {i: source.groups[i] for i in by_id} if source.groups else None
-    splits = make_splits(
-        faithful, halluc, test_fraction=cfg.test_fraction, seed=cfg.seed, groups=groups
-    )
+    splits, groups = _split(labelled, judged, source, cfg)
+    by_id = {e.id: e for e in labelled.examples}
     used = [by_id[i] for i in (*splits.train_ids, *splits.test_ids)]
     if main:
         splits.save(out / "splits.json")
@@ -722,128 +1075,24 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
         return {}
 
     # 6. probe: C path on a validation split of train, refit on train, evaluate on test
-    meta = {
-        "model_id": cfg.model,
-        "dataset": source.name,
-        "cett": cfg.cett.score_options(),
-        "regions": list(cfg.cett.regions),
-        "contrast": cfg.contrast,
-    }
-    fit = _fit_probe(store, splits, groups, cfg, meta)
-    probe = fit["probe"]
-    probe.save(out / "probe")
-    h = probe.h_neurons_
-    h = type(h)(
-        h.neurons,
-        h.n_layers,
-        h.d_mlp,
-        h.weights,
-        {**h.meta, "model": cfg.model, "dataset": source.name, "C": fit["C"]},
-    )
+    fit = _fit_probe(store, splits, groups, cfg, _probe_meta(cfg, source))
+    fit.probe.save(out / "probe")
+    h = fit.h_neurons(cfg.model, source.name)
     h.save(out / "h_neurons.json")
     kill_point("baselines")  # test-only (HLENS_TEST_KILL_AT): after the probe, before baselines
-    X_test, y_test = fit["answer_set"](list(splits.test_faithful), list(splits.test_hallucinated))
-    test = probe.evaluate(X_test, y_test, n_boot=cfg.n_boot, seed=cfg.seed)
-    X_train, y_train = fit["training_set"](
-        list(splits.train_faithful), list(splits.train_hallucinated)
-    )
+    ev = _evaluate(fit, splits, cfg)
 
-    # 7. controls: probes on layer-matched random neurons of the same count
-    baseline: dict[str, Any] = {"note": "no H-neurons selected"}
-    if len(h) > 0:
-        params = dict(
-            penalty=cfg.penalty,
-            solver=cfg.solver,
-            C=fit["C"],
-            max_iter=5000,
-            tol=PROBE_TOL,
-            n_layers=h.n_layers,
-            d_mlp=h.d_mlp,
-            random_state=cfg.seed,
-            class_weight=cfg.class_weight,
-        )
-        b = random_neuron_baseline(
-            X_train,
-            y_train,
-            X_test,
-            y_test,
-            h,
-            n_seeds=cfg.n_random_seeds,
-            n_boot=cfg.n_boot,
-            seed=cfg.seed,
-            **params,
-        )
-        baseline = {
-            "accuracy": b.mean["accuracy"],
-            "auroc": b.mean["auroc"],
-            "ci": b.ci,
-            "h_neurons_only": b.reference.to_dict(),
-            "seeds": list(b.seeds),
-            "per_seed": [m.to_dict() for m in b.random],
-        }
-
-    # 7b. control: how much of the AUROC the question type alone explains
-    controls: dict[str, Any] = {"strata": None}
-    if source.strata:
-        from hlens.metrics import strata_control
-
-        train_ids = [*splits.train_faithful, *splits.train_hallucinated]
-        test_ids = [*splits.test_faithful, *splits.test_hallucinated]
-        controls["strata"] = strata_control(
-            np.array([0] * len(splits.train_faithful) + [1] * len(splits.train_hallucinated)),
-            [source.strata[i] for i in train_ids],
-            y_test,
-            probe.decision_function(X_test),
-            [source.strata[i] for i in test_ids],
-        )
-
-    # 7c. confound controls: one number per example against the probe, on the same test split
-    controls["confounds"] = _confounds(
-        model, fmt, records, splits, by_id, probe.decision_function(X_test), controls, out, cfg
-    )
+    # 7. controls: random neurons of the same count, the question type, one-number confounds
+    baseline = _random_baseline(fit, h, ev, cfg)
+    controls = _controls(model, fmt, records, splits, labelled, ev, source, out, cfg)
 
     # 8. out of distribution (the organism's never-seen people)
-    ood = _ood(model, source, probe, out, cfg, fmt, progress)
+    ood = _ood(model, source, fit.probe, out, cfg, fmt, progress)
 
-    summary = {
-        "hlens_version": __version__,
-        "model": cfg.model,
-        "dataset": source.name,
-        "n_layers": model.n_layers,
-        "d_mlp": model.d_mlp,
-        "h_neurons": {"count": len(h), "fraction": h.fraction(), "per_layer": h.layer_counts()},
-        "metrics": {"test": {**_headline(test), "n": len(y_test)}, "ood": _pick(ood)},
-        "baselines": {"random_neurons": baseline},
-        "controls": controls,
-        "probe": {
-            "C": fit["C"],
-            "c_min": fit["c_min"],
-            "c_rule": cfg.c_rule,
-            "contrast": cfg.contrast,
-            "penalty": cfg.penalty,
-            "solver": cfg.solver,
-            "n_nonzero": int((probe.coef_ != 0).sum()),
-            "converged": getattr(probe, "converged_", None),
-            "convergence": getattr(probe, "convergence_", None),
-        },
-        "c_path": fit["path"].to_dict(),
-        "funnel": {
-            **consistency.funnel.to_dict(),
-            "n_span_not_found": len(skipped),
-            "n_train": len(splits.train_ids),
-            "n_test": len(splits.test_ids),
-            "n_truncated_samples": truncated,
-            "n_samples_total": sum(len(r["truncated"]) for r in records.values()),
-            "degenerate": degenerate,
-        },
-        "spans": span_info,
-        "prompt": {"name": prompt_name, "format": fmt.to_dict()},
-        "judge": cfg.judge,
-        "ood": ood,
-        "source": source.info,
-        "seconds": round(time.time() - t0, 1),
-    }
-    result = FindResult.from_dict(jsonable(summary))
+    result = _summary(
+        cfg, model, source, judged, labelled, splits, fit, h, ev, baseline, controls, ood,
+        prompt_name, fmt, time.time() - t0,
+    )  # fmt: skip
     result.save(out / "summary.json")
     return result
 
