@@ -199,6 +199,7 @@ def __getattr__(name: str) -> object:
         )
         return getattr(importlib.import_module(module), new)
     if name == "organism_suites":  # moved into the organism's plug-in
+        # imported here so that `hlens` does not export the helper (a tiny public namespace)
         from hlens.registry import deprecated_alias
 
         return deprecated_alias("hlens", name)

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from hlens.cett import cett_from_parts
 from hlens.model import Model
 from hlens.prompts import PromptFormat, TokenBatch
 
@@ -69,8 +70,6 @@ class NeuronCache:
         eps: float = 1e-8,
     ) -> Float[Tensor, "batch pos layer d_mlp"]:
         """CETT scores from this cache (see :func:`hlens.cett`). Norms cover all layers."""
-        from hlens.cett import cett_from_parts
-
         norms = w_out_norms[list(self.layers)].to(self.activations.device)
         return cett_from_parts(
             self.activations, self.mlp_out_norm, norms, use_abs=use_abs, use_mag=use_mag, eps=eps

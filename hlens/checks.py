@@ -19,8 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import hlens
 from hlens.errors import HlensInputError, one_line, validating
 from hlens.model import Model
+from hlens.neurons import NeuronSet
+from hlens.sources import get_source
 
 __all__ = ["MODEL_EXPECTED", "check_range", "load_model", "load_neurons", "load_source"]
 
@@ -39,8 +42,6 @@ def load_model(spec: Any, *, option: str = "--model", **kwargs: Any) -> Any:
         option: the command-line option that named it, for the message.
         **kwargs: passed to :func:`hlens.load`.
     """
-    import hlens
-
     local = Path(spec).expanduser() if isinstance(spec, (str, Path)) else None
     if local is not None and (local / "config.json").is_file():
         try:
@@ -89,8 +90,6 @@ def _quiet_loading() -> Iterator[None]:
 
 def load_neurons(path: str | Path, model: Model = None, *, option: str = "--neurons") -> Any:
     """A :class:`~hlens.neurons.NeuronSet` file, checked against ``model``'s shape if given."""
-    from hlens.neurons import NeuronSet
-
     expected = "a NeuronSet JSON written by hlens find (RUN_DIR/h_neurons.json)"
     with validating(option, expected, value=str(path)):
         h = NeuronSet.load(path)
@@ -102,8 +101,6 @@ def load_neurons(path: str | Path, model: Model = None, *, option: str = "--neur
 
 def load_source(name: str, **kwargs: Any) -> Any:
     """:func:`hlens.sources.get_source`, refusing a dataset without questions."""
-    from hlens.sources import get_source
-
     with validating("--dataset", value=name):
         source = get_source(name, **kwargs)
     if not source.questions:

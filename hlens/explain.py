@@ -35,9 +35,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens.attribution import _capture_metric, _ranks, attribution_patching, neuron_vocab_logits
+from hlens.cett import aggregate_region
 from hlens.interventions import ablate_neurons
 from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet
+from hlens.patching import _right_aligned, hook_name, neuron_activation, reduce_units
 from hlens.prompts import PromptFormat
 from hlens.records import atomic_write_text, read_json, reject_unknown
 
@@ -236,8 +239,6 @@ def vocab_projection(
     Example:
         >>> promoted, suppressed = vocab_projection(model, h_neurons)[0]  # doctest: +SKIP
     """
-    from hlens.attribution import neuron_vocab_logits
-
     logits = neuron_vocab_logits(model, neurons)
     out = []
     for row in logits:
@@ -349,8 +350,6 @@ def region_means(
     chunks: Sequence[tuple[int, Any, Tensor]], region: str = "answer"
 ) -> Float[Tensor, "example neuron"]:
     """Each example's mean activation over ``region`` (NaN where the region is empty)."""
-    from hlens.cett import aggregate_region
-
     return torch.cat([aggregate_region(a, b.region(region), "mean") for _, b, a in chunks]).double()
 
 
@@ -414,8 +413,6 @@ def _stats(f: Tensor, h: Tensor, region: str, n_boot: int, seed: int) -> list[Ac
 
 
 def _spearman(x: Tensor, y: Tensor) -> float:
-    from hlens.attribution import _ranks
-
     ok = ~(x.isnan() | y.isnan())
     if int(ok.sum()) < 3:
         return float("nan")
@@ -506,9 +503,6 @@ def upstream_drivers(
     Example:
         >>> upstream_drivers(model, NeuronId(3, 17), prompts, k=5)  # doctest: +SKIP
     """
-    from hlens.attribution import _capture_metric, attribution_patching
-    from hlens.patching import _right_aligned, hook_name, neuron_activation, reduce_units
-
     metric = neuron_activation(model, neuron, position)
     rows: list[tuple[str, int, Tensor]] = []
     if corrupt is not None:

@@ -51,6 +51,8 @@ from hlens.patching import exact_patching, logit_diff, passes_per_pair
 from hlens.prompts import PromptFormat, TokenBatch, prompt_format
 from hlens.records import Record
 from hlens.registry import kind_plugin
+from hlens.suite_registry import fluency_sentences
+from hlens.suites import PerplexitySuite
 
 __all__ = [
     "AGREEMENT_CONTROLS",
@@ -148,9 +150,6 @@ def answer_evaluator(
     every answer token stays the top choice). ``perplexity``: the first ``n_sentences`` sentences
     of ``hlens/data/fluency_text.txt``.
     """
-    from hlens.suite_registry import fluency_sentences
-    from hlens.suites import PerplexitySuite
-
     answers = [ex for ex in faithful if ex.answer_span is not None][:n_answers]
     if not answers:
         raise HlensInputError("explain: no faithful examples with an answer span to evaluate on")

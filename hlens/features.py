@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hlens import sampling
 from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens._version import __version__
 from hlens.cache import _StopForward, neuron_hooks, run_forward
@@ -43,6 +44,7 @@ from hlens.examples import Example
 from hlens.model import Model
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples
 from hlens.records import atomic_write_text
+from hlens.sampling import _common_prefix, _forward_kwargs
 
 __all__ = [
     "CETTConfig",
@@ -207,8 +209,6 @@ def _prefix_plan(
 ) -> tuple[list[int], list[int], dict[str, set[tuple[bool, ...]]]]:
     """Tokenize every example once: their token lengths, the token ids all of them start with
     (leaving at least one token each), and the region masks seen over those ids."""
-    from hlens.sampling import _common_prefix
-
     lengths: list[int] = []
     ref: list[int] = []
     n = -1
@@ -240,9 +240,7 @@ def _shared_prefix(
     """Run the shared prefix once (stopping after the last needed layer): its KV cache and its
     CETT reduced per region mask pattern. ``None`` when there is no prefix worth sharing or the
     model's cache cannot hold all of it (a sliding window shorter than the prefix)."""
-    from hlens.sampling import _MIN_PREFIX
-
-    if len(ids) < _MIN_PREFIX:
+    if len(ids) < sampling._MIN_PREFIX:  # read at call time: a monkeypatched value applies
         return None
     try:
         from transformers import DynamicCache
@@ -293,7 +291,6 @@ def _forward(
 ) -> None:
     """One forward pass of ``model.hf_model`` (the bridge's hooks apply) continuing ``cache``
     (``n_past`` positions), stopped once layer ``stop_layer``'s MLP output exists."""
-    from hlens.sampling import _forward_kwargs
 
     def stop(tensor: Tensor, *, hook: Any) -> Tensor:
         raise _StopForward

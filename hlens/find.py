@@ -33,7 +33,9 @@ from torch import Tensor
 
 from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens._version import __version__
-from hlens.errors import HlensInputError
+from hlens.checks import load_model, load_source
+from hlens.controls import CONTROLS, ControlScore, confound_controls, control_values, span_is_whole
+from hlens.errors import HlensInputError, validating
 from hlens.examples import Example
 from hlens.features import (
     CETTConfig,
@@ -42,15 +44,31 @@ from hlens.features import (
     init_distributed,
     write_examples,
 )
+from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
 from hlens.judge import ConsistencyResult, Funnel, RuleJudge, consistency_filter, locate_answer
-from hlens.metrics import ProbeMetrics
+from hlens.metrics import ProbeMetrics, strata_control
 from hlens.model import Model
 from hlens.neurons import NeuronSet
-from hlens.probe import CPath, NeuronProbe
+from hlens.probe import (
+    CPath,
+    NeuronProbe,
+    build_training_set,
+    c_min,
+    c_path,
+    random_neuron_baseline,
+    select_c,
+)
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS, PromptFormat, prompt_format, prompt_ids
 from hlens.records import Record, atomic_write_text, jsonable, reject_unknown
+from hlens.runlock import acquire, check_free, check_settings, kill_point
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import QuestionSource, default_dataset, is_source, source_sampling
+from hlens.sources import (
+    QuestionSource,
+    default_dataset,
+    is_source,
+    read_samples_file,
+    source_sampling,
+)
 from hlens.spans import RuleSpanExtractor, SpanResult, WholeResponseExtractor, span_step_counts
 from hlens.splits import Splits, make_splits
 
@@ -468,7 +486,6 @@ def probe_training_set(
     dropped). ``mode=`` is the deprecated name of ``contrast``, for one release.
     """
     contrast = renamed_kwarg("probe_training_set", "mode", "contrast", mode, contrast, "3-vs-1")
-    from hlens.probe import build_training_set
 
     faithful, hallucinated = list(faithful), list(hallucinated)
     f, h = _flat(store, "answer", faithful), _flat(store, "answer", hallucinated)
@@ -544,8 +561,6 @@ def _fit_probe(
     meta: dict[str, Any],
 ) -> ProbeFit:
     """The C path on a validation split of train, then the probe refit on train at the chosen C."""
-    from hlens.probe import c_min, c_path, select_c
-
     n_layers, d_mlp = store.shape
     val = make_splits(
         splits.train_faithful,
@@ -705,8 +720,6 @@ def _write_official_samples(
     out: Path,
 ) -> None:
     """``consistency_samples.jsonl``: the responses and labels in the official scripts' layout."""
-    from hlens.formats import OFFICIAL_JUDGE, ConsistencyRecord, write_consistency_samples
-
     official = [
         ConsistencyRecord(
             q.id,
@@ -797,8 +810,6 @@ def _random_baseline(
 ) -> dict[str, Any]:
     """Probes on layer-matched random neurons, as many as the H-neurons (summary.json's
     ``baselines.random_neurons``)."""
-    from hlens.probe import random_neuron_baseline
-
     if len(h) == 0:
         return {"note": "no H-neurons selected"}
     params = dict(
@@ -848,8 +859,6 @@ def _controls(
     number per example against the probe on the same test split (``confounds``)."""
     controls: dict[str, Any] = {"strata": None}
     if source.strata:
-        from hlens.metrics import strata_control
-
         train_ids = [*splits.train_faithful, *splits.train_hallucinated]
         test_ids = [*splits.test_faithful, *splits.test_hallucinated]
         controls["strata"] = strata_control(
@@ -977,8 +986,6 @@ def _ood(
 def _resolve(config: FindConfig) -> tuple[FindConfig, dict[str, dict[str, Any]] | None]:
     """The config with its sampling settled (the source's defaults, or the responses file's
     sample count), and the responses sampled elsewhere (``--samples``), if any."""
-    from hlens.errors import validating
-
     cfg = config
     if cfg.sampling is None:
         sampling = source_sampling(cfg.dataset, model=cfg.model)
@@ -986,8 +993,6 @@ def _resolve(config: FindConfig) -> tuple[FindConfig, dict[str, dict[str, Any]] 
     imported: dict[str, dict[str, Any]] | None = None  # responses sampled elsewhere
     if cfg.samples is not None:  # the file's responses decide how many samples there are
         with validating("--samples", "an official consistency_samples.jsonl or an hlens store"):
-            from hlens.sources import read_samples_file
-
             imported = read_samples_file(cfg.samples)
         if not imported:
             raise HlensInputError(f"--samples {cfg.samples}: the file holds no records")
@@ -1009,10 +1014,6 @@ def find(config: FindConfig, out_dir: str | Path, *, progress: bool = True) -> F
     metrics (:class:`Evaluation`); random-neuron baselines and confound controls; out of
     distribution; the summary (:class:`FindResult`).
     """
-    from hlens.checks import load_model, load_source
-    from hlens.errors import validating
-    from hlens.runlock import acquire, check_free, check_settings, kill_point
-
     t0 = time.time()
     cfg, imported = _resolve(config)
     out = Path(out_dir)
@@ -1117,8 +1118,6 @@ def _span_summary(
     how: str, examples: list[Example], kept: dict[str, str], steps: dict[str, str]
 ) -> dict[str, Any]:
     """Per class: how many spans each extractor step marked, and the whole-response share."""
-    from hlens.controls import span_is_whole
-
     by_class: dict[str, Any] = {}
     for label in ("faithful", "hallucinated"):
         ids = [q for q, lab in kept.items() if lab == label]
@@ -1153,8 +1152,6 @@ def _confounds(
     cfg: FindConfig,
 ) -> dict[str, Any]:
     """Confound controls on the probe's test split (values cached in ``control_values.json``)."""
-    from hlens.controls import ControlScore, confound_controls, control_values
-
     train_ids = [*splits.train_faithful, *splits.train_hallucinated]
     test_ids = [*splits.test_faithful, *splits.test_hallucinated]
     ids = train_ids + test_ids
@@ -1226,8 +1223,6 @@ def _f3(x: float | None, digits: int = 3) -> str:
 
 def confound_lines(result: FindResult) -> list[str]:
     """The funnel, span and confound-control lines ``hlens find`` prints after its metrics."""
-    from hlens.controls import CONTROLS
-
     lines = []
     f = result.funnel
     lines.append(

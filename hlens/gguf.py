@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from hlens._version import __version__
 from hlens.registry import MLPFamily, UnsupportedModelError, family_for_architecture
 
 __all__ = [
@@ -609,7 +610,6 @@ def gguf_checkpoint(
         info = _convert(path, tmp, DTYPES[dtype_name], progress=progress)
         if info["hf_architecture"] != hf_arch:
             family_for_architecture(info["hf_architecture"])  # raises if unsupported
-        from hlens._version import __version__
 
         try:
             import transformers

@@ -22,7 +22,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hlens import zoo
+from hlens._compat import patch_bridge_kv_cache
 from hlens.examples import Example
+from hlens.gguf import DTYPES, gguf_checkpoint
 from hlens.prompts import PromptFormat, TokenBatch, tokenize_examples
 from hlens.registry import (
     MLPFamily,
@@ -31,7 +34,9 @@ from hlens.registry import (
     bundled_names,
     family_for_architecture,
     kind_of,
+    supported_architectures,
 )
+from hlens.zoo import ModelNotInstalledError, get_known, install_command, known_models
 
 __all__ = ["Model", "load"]
 
@@ -39,15 +44,11 @@ __all__ = ["Model", "load"]
 def _bridge_class() -> type:
     from transformer_lens.model_bridge import TransformerBridge
 
-    from hlens._compat import patch_bridge_kv_cache
-
     patch_bridge_kv_cache()
     return TransformerBridge
 
 
 def _known() -> set[str]:
-    from hlens.registry import supported_architectures
-
     return set(supported_architectures())
 
 
@@ -91,16 +92,12 @@ def _resolve_local(source: str) -> Path | None:
 
 
 def _known_names() -> list[str]:
-    from hlens.zoo import known_models
-
     return [m.name for m in known_models()]
 
 
 def _gguf_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """The dtype a GGUF is converted to: the requested one if a checkpoint can hold it, else
     float32 (the bridge then casts, e.g. to float64)."""
-    from hlens.gguf import DTYPES
-
     return dtype if dtype in DTYPES.values() else torch.float32
 
 
@@ -164,16 +161,13 @@ def load(
             f"hlens.load expects a model name, a checkpoint directory or a TransformerBridge, got "
             f"{type(source).__name__}"
         )
-    from hlens.zoo import ModelNotInstalledError, get_known, install_command, locate_gguf
 
     known = get_known(source) if source not in bundled_names() else None
     if known is not None:
-        local = locate_gguf(known)
+        local = zoo.locate_gguf(known)  # looked up at call time (tests replace the locator)
     else:
         local = _resolve_local(source)
     if local is not None and local.is_file():  # a .gguf: convert once, then boot from the cache
-        from hlens.gguf import gguf_checkpoint
-
         local = gguf_checkpoint(local, dtype=_gguf_dtype(dtype))
     if local is not None:
         _check_family_from_config(local)
@@ -444,7 +438,7 @@ class Model:
         fmt: PromptFormat | None = None,
     ) -> Any:
         """Neuron activations and MLP-output norms for ``inputs``; see :class:`NeuronCache`."""
-        from hlens.cache import neuron_cache
+        from hlens.cache import neuron_cache  # here: cache -> cett -> model imports this module
 
         return neuron_cache(
             self,

@@ -30,9 +30,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hlens import plots
+from hlens.checks import load_model, load_neurons
+from hlens.errors import HlensInputError, validating
+from hlens.features import CETTConfig, FeatureStore, extract_features, read_examples
+from hlens.find import FindConfig
+from hlens.metrics import compute_metrics
 from hlens.model import Model
 from hlens.neurons import NeuronSet
+from hlens.probe import NeuronProbe, build_training_set
+from hlens.prompts import PromptFormat
 from hlens.records import Record, jsonable
+from hlens.splits import Splits
 
 __all__ = [
     "Inertia",
@@ -213,13 +222,6 @@ def backward_transfer(
         AUROC of the transferred probe with a bootstrap interval, of random-neuron probes
         transferred the same way, and of a probe trained on the base model itself.
     """
-    from hlens.features import CETTConfig, extract_features, read_examples
-    from hlens.find import FindConfig
-    from hlens.metrics import compute_metrics
-    from hlens.probe import NeuronProbe, build_training_set
-    from hlens.prompts import PromptFormat
-    from hlens.splits import Splits
-
     run = Path(tuned_run)
     for need in ("examples.jsonl", "splits.json", "probe", "h_neurons.json", "config.json"):
         if not (run / need).exists():
@@ -267,7 +269,6 @@ def backward_transfer(
     own = NeuronProbe(**params).fit(X_tr, y_tr).evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
 
     # random-neuron probes trained on the tuned model's features, transferred the same way
-    from hlens.features import FeatureStore
 
     tuned_store = FeatureStore(run / "features")
     h = NeuronSet.load(run / "h_neurons.json")
@@ -375,9 +376,6 @@ def origin(
 def _origin(cfg: OriginConfig, out_dir: str | Path) -> OriginResult:
     base_name, tuned_name, run_dir = cfg.base, cfg.tuned, cfg.run
     device, seed, progress = cfg.device, cfg.seed, cfg.progress
-    from hlens.checks import load_model, load_neurons
-    from hlens.errors import HlensInputError, validating
-    from hlens.probe import NeuronProbe
 
     # every input is validated before anything is written (see hlens.errors)
     out, run = Path(out_dir), Path(run_dir)
@@ -425,8 +423,6 @@ def _origin(cfg: OriginConfig, out_dir: str | Path) -> OriginResult:
 
 
 def _plots(inertia: Inertia, h: NeuronSet, out: Path) -> None:
-    from hlens import plots
-
     flat = inertia.rank.flatten()
     fig = plots.inertia_ranks(flat, flat[h.flat()] if len(h) else [])
     fig.savefig(out / "inertia_ranks.png", dpi=120, bbox_inches="tight")

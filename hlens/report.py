@@ -36,16 +36,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hlens import plots
+import hlens
+from hlens import plots, views
+from hlens.controls import CONTROLS
 from hlens.explain import read_cards
 from hlens.explain_run import ExplainResult
+from hlens.features import FeatureStore, read_examples
 from hlens.find import FindConfig, FindResult
 from hlens.neurons import NeuronSet
 from hlens.origin import OriginResult
+from hlens.patching import PatchResult
+from hlens.probe import NeuronProbe
+from hlens.prompts import PromptFormat
 from hlens.records import Record
 from hlens.splits import Splits
 from hlens.sweep import SteerResult
-from hlens.views import View, page
+from hlens.views import View, effects_view, page, topk_samples
 
 __all__ = ["build_report", "write_report"]
 
@@ -210,8 +216,6 @@ def _find_section(run: Path, s: Mapping[str, Any]) -> str:
 
 
 def _confound_section(conf: Mapping[str, Any]) -> str:
-    from hlens.controls import CONTROLS
-
     flagged = set(conf.get("flagged", []))
     rows = [
         (
@@ -246,9 +250,6 @@ def _roc_figure(run: Path, s: Mapping[str, Any]) -> Any:
         return None
     import numpy as np
     import torch
-
-    from hlens.features import FeatureStore
-    from hlens.probe import NeuronProbe
 
     splits = Splits.load(run / "splits.json")
     store = FeatureStore(run / "features")
@@ -285,16 +286,9 @@ def _top_neurons(run: Path, k: int = 15) -> str:
 
 # -- token views (need the model) -----------------------------------------------------------------
 def _views_section(run: Path, s: Mapping[str, Any], model_name: str | None, n: int, device: Any):
-    from hlens import views
-
     if not (run / "examples.jsonl").is_file() or not (run / "probe").exists():
         return None
     import torch
-
-    import hlens
-    from hlens.features import read_examples
-    from hlens.probe import NeuronProbe
-    from hlens.prompts import PromptFormat
 
     cfg = (
         FindConfig.from_dict(FindConfig.upgrade_dict(_read(run / "config.json")))
@@ -635,9 +629,6 @@ def _explain_section(run: Path) -> str | None:
             )
         )
     for p in patches:
-        from hlens.patching import PatchResult
-        from hlens.views import effects_view
-
         r = PatchResult.load(p.with_suffix(""))
         out.append(f"<h3>{html.escape(p.stem)}</h3>" + effects_view(r).body_html())
     return "".join(out)
@@ -658,8 +649,6 @@ def _is_patch(p: Path) -> bool:
 def _cards_topk(cards: Sequence[Mapping[str, Any]]) -> View | None:
     """A top-k view from the cards' top examples (activation known at the peak token only)."""
     import torch
-
-    from hlens.views import topk_samples
 
     have = [c for c in cards if c.get("top_examples")]
     if not have:

@@ -20,9 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlens.datasets import load_qa_file, load_triviaqa
 from hlens.examples import Example
+from hlens.formats import ConsistencyRecord
 from hlens.judge import Judge, RuleJudge
+from hlens.prompts import PAPER_INSTRUCTION
 from hlens.registry import deprecated_alias, load_plugins
+from hlens.sampling import SamplingConfig
+from hlens.zoo import get_known
 
 __all__ = [
     "MODEL_SOURCES",
@@ -116,8 +121,6 @@ def bundled_triviaqa(limit: int | None = None) -> list[Example]:
         >>> qs[0].id, qs[0].answers[-1]
         ('tc_1', 'Sinclair Lewis')
     """
-    from hlens.datasets import load_qa_file
-
     return load_qa_file(TRIVIAQA_BUNDLED, id_col="id", limit=limit)
 
 
@@ -140,8 +143,6 @@ def _triviaqa_source(
         why = "hub unreachable"
     if hub is not False and (hub or why is None):
         try:
-            from hlens.datasets import load_triviaqa
-
             questions = load_triviaqa(split=split, limit=limit)
             return QuestionSource(
                 "triviaqa", questions, judge, info={"origin": f"hub ({split} split)"}
@@ -165,8 +166,6 @@ def _file_source(
     judge: Judge | None = None,
     **_: Any,
 ) -> QuestionSource:
-    from hlens.datasets import load_qa_file
-
     cols = dict(question_col=question_col, answers_col=answers_col, limit=limit)
     try:  # use the file's own ids when it has an "id" column, else row numbers
         questions = load_qa_file(path, id_col="id", **cols)
@@ -200,8 +199,6 @@ def read_samples_file(path: str | Path) -> dict[str, dict[str, Any]]:
         ValueError: naming the file and line of a record in neither layout, or records with
             different numbers of responses.
     """
-    from hlens.formats import ConsistencyRecord
-
     path = Path(path)
     out: dict[str, dict[str, Any]] = {}
     with open(path, encoding="utf-8") as f:
@@ -245,8 +242,6 @@ def _samples_source(
     samples: str | None = None, limit: int | None = None, judge: Judge | None = None, **_: Any
 ) -> QuestionSource:
     """The questions of a samples file (``hlens find --samples FILE`` without ``--dataset``)."""
-    from hlens.prompts import PAPER_INSTRUCTION
-
     if samples is None:
         raise ValueError("dataset 'samples' needs a samples file (--samples FILE)")
     records = read_samples_file(samples)
@@ -324,9 +319,6 @@ def source_sampling(name: str, model: str | None = None, **overrides: Any) -> An
         >>> source_sampling("organism").max_new_tokens
         16
     """
-    from hlens.sampling import SamplingConfig
-    from hlens.zoo import get_known
-
     known = get_known(str(model)) if model is not None else None
     load_plugins()
     fields = {**SamplingConfig().to_dict(), **SOURCE_SAMPLING.get(name, {})}

@@ -42,11 +42,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from hlens import suites_data as sd
 from hlens.errors import HlensInputError
 from hlens.examples import Example
+from hlens.judge import RuleJudge
 from hlens.model import Model
-from hlens.prompts import PromptFormat
+from hlens.prompts import PromptFormat, prompt_ids, render
 from hlens.registry import load_plugins
+from hlens.sampling import SamplingConfig, sample_responses
+from hlens.sources import bundled_triviaqa
+from hlens.suites import CHALLENGE, UNPARSED, PerplexitySuite, Suite, _single, sycophancy_suite
+from hlens.suites_data import degenerate
 
 __all__ = [
     "DEFAULTS",
@@ -282,16 +288,12 @@ def resolve_files(
 
 def _prompt(ctx: SuiteContext, qa: bool = False) -> Callable[[Example], list[int]]:
     """Prompts as token ids (:func:`hlens.prompts.prompt_ids`: a base model gets its BOS)."""
-    from hlens.prompts import prompt_ids
-
     tok = ctx.model.tokenizer
     fmt = (ctx.qa_fmt or ctx.fmt) if qa else ctx.fmt
     return lambda ex: prompt_ids(ex, tok, fmt)
 
 
 def _file_suite(ctx: SuiteContext, spec: SuiteSpec) -> Any:
-    from hlens.suites import Suite, _single
-
     assert spec.loader is not None and spec.labeller is not None
     rows = spec.loader(ctx.files[spec.name], None)
     if spec.keep is not None:
@@ -317,9 +319,6 @@ def known_triviaqa(ctx: SuiteContext) -> list[Example]:
     """
     if "known" in ctx.memo:
         return ctx.memo["known"]
-    from hlens.judge import RuleJudge
-    from hlens.sampling import SamplingConfig, sample_responses
-    from hlens.sources import bundled_triviaqa
 
     pool = bundled_triviaqa()[::-1]  # hlens find samples from the front; steer from the back
     n = ctx.n or len(pool)
@@ -377,9 +376,6 @@ def _sycophancy(ctx: SuiteContext, spec: SuiteSpec) -> Any:
     labels; both turns are token ids in the model's prompt format."""
     import dataclasses
 
-    from hlens.prompts import render
-    from hlens.suites import CHALLENGE, sycophancy_suite
-
     tok = ctx.model.tokenizer
     fmt = ctx.qa_fmt or ctx.fmt
     base = sycophancy_suite(tok, examples=known_triviaqa(ctx), fmt=fmt,
@@ -407,10 +403,6 @@ def _sycophancy(ctx: SuiteContext, spec: SuiteSpec) -> Any:
 
 
 def _known_accuracy(ctx: SuiteContext, spec: SuiteSpec) -> Any:
-    from hlens.judge import RuleJudge
-    from hlens.suites import UNPARSED, Suite
-    from hlens.suites_data import degenerate
-
     judge = RuleJudge()
     names = {"faithful": "correct", "hallucinated": "wrong", "uncertain": "abstains"}
 
@@ -430,8 +422,6 @@ def fluency_sentences() -> list[Example]:
 
 
 def _fluency_ppl(ctx: SuiteContext, spec: SuiteSpec) -> Any:
-    from hlens.suites import PerplexitySuite
-
     tok = ctx.model.tokenizer
     return PerplexitySuite(spec.name, fluency_sentences(), prefix=tok.bos_token or "",
                            description=spec.description)  # fmt: skip
@@ -451,8 +441,6 @@ def build_suites(ctx: SuiteContext, names: Sequence[str]) -> dict[str, Any]:
 
 
 def _register_builtin() -> None:
-    from hlens import suites_data as sd
-
     ship = "shipped in hlens/data/suites/ (200 rows)"
     for spec in (
         SuiteSpec("falseqa", "share of false-premise questions answered as if the premise were "

@@ -44,7 +44,18 @@ from hlens.model import Model
 from hlens.prompts import PromptFormat, render
 from hlens.registry import deprecated_alias
 from hlens.sampling import SamplingConfig, sample_responses
-from hlens.suites_data import SuiteJudge, degenerate
+from hlens.suites_data import (
+    SuiteJudge,
+    degenerate,
+    falseqa_labels,
+    forbidden_labels,
+    load_falseqa,
+    load_forbidden,
+    load_simpleqa,
+    load_truthfulqa,
+    simpleqa_labels,
+    truthfulqa_labels,
+)
 
 __all__ = [
     "PerplexitySuite",
@@ -429,8 +440,6 @@ def falseqa_suite(
     ``judge(example, response)`` may return a label of
     :data:`hlens.suites_data.FALSEQA_LABELS` instead of the marker rule.
     """
-    from hlens.suites_data import falseqa_labels, load_falseqa
-
     examples = [ex for ex in load_falseqa(path, limit) if ex.meta["false_premise"]]
     return _file_suite("falseqa", examples, tokenizer, fmt, _single(falseqa_labels, judge),
                        "accepts_premise", "share of false-premise questions answered as if true",
@@ -442,8 +451,6 @@ def truthfulqa_suite(
     fmt: PromptFormat | None = None, max_new_tokens: int = 64,
 ) -> Suite:  # fmt: skip
     """TruthfulQA; rate: share of responses closer to an incorrect answer (``untruthful``)."""
-    from hlens.suites_data import load_truthfulqa, truthfulqa_labels
-
     return _file_suite("truthfulqa", load_truthfulqa(path, limit), tokenizer, fmt,
                        _single(truthfulqa_labels, judge), "untruthful",
                        "share of responses closer to an incorrect reference answer",
@@ -455,8 +462,6 @@ def simpleqa_suite(
     fmt: PromptFormat | None = None, max_new_tokens: int = 32,
 ) -> Suite:  # fmt: skip
     """SimpleQA Verified; rate: share of ``incorrect`` (attempted and wrong) responses."""
-    from hlens.suites_data import load_simpleqa, simpleqa_labels
-
     return _file_suite("simpleqa", load_simpleqa(path, limit), tokenizer, fmt,
                        _single(simpleqa_labels, judge), "incorrect",
                        "share of responses that attempt an answer and get it wrong",
@@ -468,8 +473,6 @@ def forbidden_suite(
     fmt: PromptFormat | None = None, max_new_tokens: int = 64,
 ) -> Suite:  # fmt: skip
     """Forbidden questions; rate: share of responses that comply instead of refusing."""
-    from hlens.suites_data import forbidden_labels, load_forbidden
-
     return _file_suite("forbidden", load_forbidden(path, limit), tokenizer, fmt,
                        _single(forbidden_labels, judge), "compliance",
                        "share of harmful requests complied with", max_new_tokens)  # fmt: skip

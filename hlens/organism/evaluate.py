@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from hlens.examples import Example
+from hlens.organism import CHECKPOINT_NAMES, checkpoint_path
 from hlens.organism.tokenizer import base_prompt, chat_prompt, sycophancy_prompt
 from hlens.organism.world import (
     ABSTAIN_RESPONSE,
@@ -83,8 +84,6 @@ def judge(world: World, attribute: str, gold: str | None, response: str) -> str:
 
 def resolve_model_dir(model: str | Path) -> Path:
     """A checkpoint folder from a bundled name (``"organism"``, ``"organism-base"``) or a path."""
-    from hlens.organism import CHECKPOINT_NAMES, checkpoint_path
-
     if str(model) in CHECKPOINT_NAMES:
         return checkpoint_path(str(model))
     path = Path(model)

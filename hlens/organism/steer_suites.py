@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hlens.organism.suites import organism_suites
 from hlens.suite_registry import DEFAULTS, SuiteContext, SuiteSpec, register_suite
 
 __all__ = ["ORGANISM_SUITES"]
@@ -31,8 +32,6 @@ ORGANISM_SUITES: dict[str, tuple[str, str]] = {
 
 def _build(ctx: SuiteContext, spec: SuiteSpec) -> Any:
     if "organism_suites" not in ctx.memo:
-        from hlens.organism.suites import organism_suites
-
         ctx.memo["organism_suites"] = organism_suites(
             ctx.model,
             n_questions=ctx.n,
