@@ -84,9 +84,14 @@ SPAN_EXTRACTORS: dict[str, Any] = {
 }
 
 __all__ = [
+    "Evaluation",
     "FindConfig",
     "FindResult",
     "HNeuronCount",
+    "Judged",
+    "Judgements",
+    "Labelled",
+    "ProbeFit",
     "ProbeSummary",
     "RunFunnel",
     "confound_lines",

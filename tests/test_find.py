@@ -423,3 +423,39 @@ def test_find_starts_from_responses_sampled_elsewhere(checkpoint_dir, tmp_path, 
     # the paper's instruction is not part of the question hlens renders
     ex = next(json.loads(x) for x in (tmp_path / "examples.jsonl").open())
     assert not ex["question"].endswith("without any explanation.")
+
+
+def test_probe_fit_is_the_run_s_probe_and_its_sets(checkpoint_dir, fake_source, tmp_path):
+    """ProbeFit (what _fit_probe returns) refits the run's probe, its sets are those of
+    probe_training_set and the answer region, and h_neurons() is the run's h_neurons.json."""
+    import importlib
+
+    import numpy as np
+
+    from hlens.splits import Splits
+
+    F = importlib.import_module("hlens.find")  # hlens.find the attribute is the function
+    cfg = _config(checkpoint_dir)
+    s = find(cfg, tmp_path, progress=False)
+    store = FeatureStore(tmp_path / "features")
+    splits = Splits.load(tmp_path / "splits.json")
+    groups = {q: str(int(q[1:]) // 2) for q in splits.train_ids}
+    fit = F._fit_probe(store, splits, groups, cfg, {})
+    assert isinstance(fit, F.ProbeFit) and fit.contrast == "3-vs-1"
+    assert fit.C == s.probe.C and fit.c_min == s.probe.c_min
+    assert fit.path.to_dict()["Cs"] == s.c_path["Cs"]
+    f, h = list(splits.train_faithful), list(splits.train_hallucinated)
+    X, y = fit.training_set(f, h)
+    X_ref, y_ref = F.probe_training_set(store, f, h, "3-vs-1")
+    assert torch.equal(X, X_ref) and np.array_equal(y, y_ref)
+    X, y = fit.answer_set(splits.test_faithful, splits.test_hallucinated)
+    want = store.load("answer", [*splits.test_faithful, *splits.test_hallucinated], flat=True)
+    assert torch.equal(X, want) and y.tolist() == [0] * len(splits.test_faithful) + [1] * len(
+        splits.test_hallucinated
+    )
+    saved = hlens.NeuronSet.load(tmp_path / "h_neurons.json")
+    mine = fit.h_neurons(cfg.model, "fake")
+    assert mine.neurons == saved.neurons and mine.weights == saved.weights
+    assert {k: mine.meta[k] for k in ("model", "dataset", "C")} == {
+        k: saved.meta[k] for k in ("model", "dataset", "C")
+    }
