@@ -164,7 +164,7 @@ def organism_training_set(run_dir: str = "runs/organism") -> tuple[np.ndarray, n
     from pathlib import Path
 
     from hlens.features import FeatureStore
-    from hlens.find import probe_training_set
+    from hlens.identify import probe_training_set
     from hlens.splits import Splits
 
     run = Path(run_dir)

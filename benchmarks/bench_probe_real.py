@@ -1,8 +1,9 @@
 """Benchmark: the torch L1 probe on the real SmolLM2-135M-Instruct features of a finished run.
 
-Refits a finished ``hlens find`` run exactly as ``hlens find`` fits it (``hlens.find._fit_probe``:
-the validation split of the training ids, the C path warm-started from the smallest C, the refit
-at the selected C on the whole training set; then the layer-matched random-neuron baselines of
+Refits a finished ``hlens find`` run exactly as ``hlens find`` fits it
+(``hlens.identify.fit._fit_probe``: the validation split of the training ids, the C path
+warm-started from the smallest C, the refit at the selected C on the whole training set; then
+the layer-matched random-neuron baselines of
 ``hlens.probe.random_neuron_baseline`` with the run's seeds), recording every fit's convergence
 (``NeuronProbe.convergence_``). At the selected C it fits sklearn's liblinear at ``tol=1e-8`` on the
 same training set and compares the objectives (``hlens.solvers.logistic_objective``, liblinear's
@@ -42,20 +43,18 @@ def run(quick: bool = True) -> dict[str, Any]:
             "skipped": f"no finished hlens find run at {run_dir} (missing {missing}); set "
             "HLENS_BENCH_RUN to a run directory"
         }
-    import importlib
-
     import torch
     from sklearn.utils.class_weight import compute_class_weight
 
     from benchmarks._common import liblinear_l1
-
-    F = importlib.import_module("hlens.find")  # the module (hlens.find is also a function)
     from hlens.features import FeatureStore
+    from hlens.identify import FindConfig
+    from hlens.identify.fit import _fit_probe
     from hlens.probe import NeuronProbe, random_neuron_baseline
     from hlens.solvers import logistic_objective
     from hlens.splits import Splits
 
-    cfg = F.FindConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = FindConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     summary = json.loads((run_dir / "summary.json").read_text())
     splits = Splits.load(run_dir / "splits.json")
     store = FeatureStore(run_dir / "features")
@@ -72,7 +71,7 @@ def run(quick: bool = True) -> dict[str, Any]:
     NeuronProbe.fit = recording_fit
     try:
         t0 = time.perf_counter()
-        fit = F._fit_probe(store, splits, None, cfg, {})
+        fit = _fit_probe(store, splits, None, cfg, {})
         path_s = time.perf_counter() - t0
         n_path = len(fit["path"].Cs)
         path_fits, final_fit = fits[:n_path], fits[n_path]

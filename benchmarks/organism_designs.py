@@ -60,7 +60,7 @@ import torch
 
 import hlens.organism.tokenizer as tok_mod
 import hlens.organism.train as train_mod
-from hlens.cett import cett_from_parts
+from hlens.contribution import cett_from_parts
 from hlens.organism.evaluate import _labels
 from hlens.organism.world import OCCUPATIONS, World, WorldConfig
 from hlens.sampling import SamplingConfig, sample_responses

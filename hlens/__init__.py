@@ -1,9 +1,10 @@
 """hlens: find, explain and steer hallucination-associated neurons (H-Neurons).
 
 Built on TransformerLens 4's ``TransformerBridge``. Start with :func:`hlens.load`; the three jobs
-are :func:`hlens.find` (identify), :func:`hlens.steer_sweep` and :func:`hlens.scale_neurons`
-(impact) and :func:`hlens.origin.origin` / :func:`hlens.parameter_inertia` (origin);
-:func:`hlens.explain_run.explain` writes the neurons' report cards.
+are :func:`hlens.find` (identify; :mod:`hlens.identify`), :func:`hlens.steer_sweep` and
+:func:`hlens.scale_neurons` (impact) and :func:`hlens.origin.origin` /
+:func:`hlens.parameter_inertia` (origin); :func:`hlens.explain_run.explain` writes the neurons'
+report cards. :func:`hlens.cett` computes CETT scores (:mod:`hlens.contribution`).
 
 Example:
     >>> import hlens
@@ -11,14 +12,17 @@ Example:
     (NeuronId(layer=1, index=1),)
 """
 
+from hlens import contribution as _contribution
+from hlens import identify as _identify
+from hlens._deprecate import moved_module as _moved_module
 from hlens._version import __version__ as __version__
 from hlens.attribution import attribution_patching as attribution_patching
 from hlens.attribution import compare_scores as compare_scores
 from hlens.attribution import direct_logit_attribution as direct_logit_attribution
 from hlens.attribution import integrated_gradients as integrated_gradients
 from hlens.cache import NeuronCache as NeuronCache
-from hlens.cett import aggregate_region as aggregate_region
-from hlens.cett import cett as cett
+from hlens.contribution import aggregate_region as aggregate_region
+from hlens.contribution import cett as cett
 from hlens.datasets import load_qa_file as load_qa_file
 from hlens.datasets import load_triviaqa as load_triviaqa
 from hlens.examples import Example as Example
@@ -29,11 +33,11 @@ from hlens.explain_run import ExplainResult as ExplainResult
 from hlens.features import CETTConfig as CETTConfig
 from hlens.features import FeatureStore as FeatureStore
 from hlens.features import extract_features as extract_features
-from hlens.find import FindConfig as FindConfig
-from hlens.find import FindResult as FindResult
-from hlens.find import find as find
 from hlens.gguf import GGUFError as GGUFError
 from hlens.gguf import gguf_checkpoint as gguf_checkpoint
+from hlens.identify import FindConfig as FindConfig
+from hlens.identify import FindResult as FindResult
+from hlens.identify import find as find
 from hlens.interventions import ablate_neurons as ablate_neurons
 from hlens.interventions import neuron_means as neuron_means
 from hlens.interventions import scale_neurons as scale_neurons
@@ -94,6 +98,12 @@ from hlens.zoo import ModelNotInstalledError as ModelNotInstalledError
 from hlens.zoo import get_known as get_known
 from hlens.zoo import known_models as known_models
 from hlens.zoo import register_model as register_model
+
+# the modules that held find() and cett() are hlens.identify and hlens.contribution; their old
+# paths import for one release, with a warning (hlens.find and hlens.cett are the functions)
+_moved_module("hlens.find", _identify)
+_moved_module("hlens.cett", _contribution)
+del _contribution, _identify, _moved_module
 
 __all__ = [
     "PAPER_INSTRUCTION",

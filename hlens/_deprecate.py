@@ -17,11 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["UNSET", "rename_keys", "renamed_kwarg", "warn_renamed"]
+__all__ = ["UNSET", "moved_module", "rename_keys", "renamed_kwarg", "warn_renamed"]
 
 
 class _Unset:
@@ -91,3 +93,31 @@ def rename_keys(
             )
         out[new] = out.pop(old)
     return out
+
+
+class _MovedModule(types.ModuleType):
+    """A module's old import path, for one release: reading a name from it warns and answers
+    from the module's new home."""
+
+    def __init__(self, old: str, new: types.ModuleType) -> None:
+        super().__init__(old, new.__doc__)
+        self.__dict__.update(_new=new, __spec__=None)
+
+    def __getattr__(self, name: str) -> Any:
+        new = self.__dict__["_new"]
+        if not name.startswith("__"):
+            warn_renamed(f"{self.__name__}.{name}", f"{new.__name__}.{name}")
+        return getattr(new, name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self.__dict__["_new"])
+
+
+def moved_module(old: str, new: types.ModuleType) -> None:
+    """Keep ``old`` (a dotted module path) importable as a deprecated alias of ``new``.
+
+    The alias lives in :data:`sys.modules` only, so the parent package's attribute of that name
+    (e.g. the function ``hlens.find``) is not replaced: ``from hlens.find import FindConfig``
+    warns and works, while ``hlens.find`` stays the function.
+    """
+    sys.modules.setdefault(old, _MovedModule(old, new))

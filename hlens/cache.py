@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from hlens.cett import cett_from_parts
+from hlens.contribution import cett_from_parts
 from hlens.model import Model
 from hlens.prompts import PromptFormat, TokenBatch
 

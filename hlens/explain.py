@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hlens.attribution import _capture_metric, _ranks, attribution_patching, neuron_vocab_logits
-from hlens.cett import aggregate_region
+from hlens.contribution import aggregate_region
 from hlens.interventions import ablate_neurons
 from hlens.model import Model
 from hlens.neurons import NeuronId, NeuronSet

@@ -39,7 +39,7 @@ from hlens import sampling
 from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens._version import __version__
 from hlens.cache import _StopForward, neuron_hooks, run_forward
-from hlens.cett import cett_from_parts
+from hlens.contribution import cett_from_parts
 from hlens.examples import Example
 from hlens.model import Model
 from hlens.prompts import REGIONS, PromptFormat, TokenBatch, tokenize_examples

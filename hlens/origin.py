@@ -34,7 +34,7 @@ from hlens import plots
 from hlens.checks import load_model, load_neurons
 from hlens.errors import HlensInputError, validating
 from hlens.features import CETTConfig, FeatureStore, extract_features, read_examples
-from hlens.find import FindConfig
+from hlens.identify import FindConfig
 from hlens.metrics import compute_metrics
 from hlens.model import Model
 from hlens.neurons import NeuronSet

@@ -42,7 +42,7 @@ from hlens.controls import CONTROLS
 from hlens.explain import read_cards
 from hlens.explain_run import ExplainResult
 from hlens.features import FeatureStore, read_examples
-from hlens.find import FindConfig, FindResult
+from hlens.identify import FindConfig, FindResult
 from hlens.neurons import NeuronSet
 from hlens.origin import OriginResult
 from hlens.patching import PatchResult

@@ -164,7 +164,7 @@ def check_settings(
         command: the command, for the message (``"hlens find"``).
         ignore: keys that may differ (e.g. ``device``).
         upgrade: maps the recorded settings to today's names before comparing (e.g.
-            :meth:`hlens.find.FindConfig.upgrade_dict`), so that a run directory written before
+            :meth:`hlens.identify.FindConfig.upgrade_dict`), so that a run directory written before
             a rename resumes.
 
     Raises:

@@ -62,7 +62,7 @@ class QuestionSource:
             ``hlens find`` then reports how much of the probe's AUROC the type alone explains
             (:func:`hlens.metrics.strata_control`).
         spans: the answer-span extractor ``hlens find`` uses for this source when its config
-            says ``"auto"`` (a key of :data:`hlens.find.SPAN_EXTRACTORS`); ``None`` means the
+            says ``"auto"`` (a key of :data:`hlens.identify.SPAN_EXTRACTORS`); ``None`` means the
             label-blind rules (:class:`hlens.spans.RuleSpanExtractor`).
     """
 

@@ -214,7 +214,7 @@ def test_find_dataset_missing_strata_column(capsys, tmp_path, qa):
 def test_find_resume_with_other_options(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    from hlens.find import FindConfig
+    from hlens.identify import FindConfig
     from hlens.sources import source_sampling
 
     cfg = FindConfig(model="organism", sampling=source_sampling("organism"), seed=0)
@@ -226,7 +226,7 @@ def test_find_resume_with_other_options(capsys, tmp_path):
 def test_find_run_dir_of_another_model(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    from hlens.find import FindConfig
+    from hlens.identify import FindConfig
     from hlens.sources import source_sampling
 
     cfg = FindConfig(model="organism-base", sampling=source_sampling("organism"))
@@ -568,7 +568,7 @@ def test_probe_negative_C():
 
 
 def test_find_config_C_multiples_not_above_one():
-    from hlens.find import FindConfig
+    from hlens.identify import FindConfig
 
     with pytest.raises(ValueError, match="must all be > 1"):
         FindConfig(Cs=(0.5, 2.0))

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import hlens
-from hlens.cett import aggregate_region, cett_from_parts
+from hlens.contribution import aggregate_region, cett_from_parts
 
 EXAMPLES = [
     hlens.Example("Where was Ada Vell born?", "Ada Vell was born in Korin.", id="a"),

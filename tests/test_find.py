@@ -9,7 +9,7 @@ import torch
 
 import hlens
 from hlens.features import CETTConfig, FeatureStore
-from hlens.find import FindConfig, FindResult, find
+from hlens.identify import FindConfig, FindResult, find
 from hlens.judge import Judgement
 from hlens.sampling import SamplingConfig
 from hlens.sources import SOURCES, QuestionSource, register_source
@@ -339,9 +339,9 @@ def test_the_span_artefact_is_caught_and_label_blind_spans_remove_it(
     label-blind rules the spans mean the same in both classes and span length explains nothing."""
     import importlib
 
-    from hlens.find import confound_lines
+    from hlens.identify import confound_lines
 
-    F = importlib.import_module("hlens.find")  # hlens.find the attribute is the function
+    F = importlib.import_module("hlens.identify.stages")  # where _sample looks it up
     monkeypatch.setattr(F, "sample_to_jsonl", _sentences)
     register_source("sentences", _sentence_source())
     try:
@@ -434,7 +434,7 @@ def test_probe_fit_is_the_run_s_probe_and_its_sets(checkpoint_dir, fake_source, 
 
     from hlens.splits import Splits
 
-    F = importlib.import_module("hlens.find")  # hlens.find the attribute is the function
+    F = importlib.import_module("hlens.identify.fit")
     cfg = _config(checkpoint_dir)
     s = find(cfg, tmp_path, progress=False)
     store = FeatureStore(tmp_path / "features")

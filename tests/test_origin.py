@@ -90,7 +90,7 @@ def test_shape_or_family_mismatch_is_a_clear_error(checkpoint_dir, tmp_path):
 
 
 def test_backward_transfer_on_a_find_run(checkpoint_dir, tmp_path):
-    from hlens.find import find
+    from hlens.identify import find
     from hlens.origin import backward_transfer
     from hlens.sources import SOURCES, register_source
     from tests.test_find import _config, _fake_source

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import hlens
-from hlens.cett import aggregate_region
 from hlens.cli import build_parser
 from hlens.cli import find as cli_find
+from hlens.contribution import aggregate_region
 from hlens.errors import HlensInputError
 from hlens.features import CETTConfig, extract_features
-from hlens.find import FindConfig, ProbeSummary, find
+from hlens.identify import FindConfig, ProbeSummary, find
 from hlens.interventions import scale_neurons
 from hlens.probe import CPath, build_training_set, select_C, select_c
 from hlens.runlock import check_settings

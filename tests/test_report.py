@@ -11,7 +11,7 @@ import pytest
 
 from hlens.examples import Example
 from hlens.explain_run import ExplainResult
-from hlens.find import FindConfig, FindResult
+from hlens.identify import FindConfig, FindResult
 from hlens.neurons import NeuronSet
 from hlens.origin import OriginResult
 from hlens.report import build_report, write_report

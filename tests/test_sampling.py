@@ -544,7 +544,7 @@ def test_hooks_take_the_hooked_path_and_apply(llama, monkeypatch):
             assert S._fast_model(hf) is hf  # hooks registered: no copy
             hooked = sample_responses(hf, btok, prompts, ids, c, progress=False)
             assert hooked == slow(c)
-        with scale_neurons(llama, neurons, alpha=4.0, method="weights"):
+        with scale_neurons(llama, neurons, alpha=4.0, implementation="weights"):
             assert S._fast_model(hf) is not hf
             assert sample_responses(hf, btok, prompts, ids, c, progress=False) == hooked
         assert hooked != plain  # the scaling changed the samples

@@ -1,7 +1,7 @@
 """``hlens find``: identify H-neurons (sample, judge, keep consistent questions, CETT, probe).
 
-The command only parses options, builds a :class:`~hlens.find.FindConfig`, calls
-:func:`hlens.find.find` and prints the result.
+The command only parses options, builds a :class:`~hlens.identify.FindConfig`, calls
+:func:`hlens.identify.find` and prints the result.
 
 Example:
     >>> from hlens.cli import main
@@ -18,7 +18,8 @@ from hlens._deprecate import warn_renamed
 from hlens.checks import check_range
 from hlens.errors import HlensInputError, validating
 from hlens.features import CETTConfig
-from hlens.find import JUDGES, SPAN_EXTRACTORS, FindConfig, _f3, confound_lines, find
+from hlens.identify import JUDGES, SPAN_EXTRACTORS, FindConfig, confound_lines, find
+from hlens.identify.config import _f3
 from hlens.prompts import PROMPT_FORMATS
 from hlens.sources import default_dataset, source_sampling
 
