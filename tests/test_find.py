@@ -84,24 +84,22 @@ def test_find_writes_a_complete_run(checkpoint_dir, fake_source, tmp_path):
         assert (tmp_path / name).exists(), name
     assert json.loads((tmp_path / "summary.json").read_text()) == s.to_dict()
     assert FindResult.load(tmp_path / "summary.json") == s
-    assert s["h_neurons"]["count"] == len(hlens.NeuronSet.load(tmp_path / "h_neurons.json"))
-    assert 0 <= s["h_neurons"]["fraction"] <= 1
+    assert s.h_neurons.count == len(hlens.NeuronSet.load(tmp_path / "h_neurons.json"))
+    assert 0 <= s.h_neurons.fraction <= 1
     for key in ["accuracy", "auroc", "auroc_ci"]:
-        assert key in s["metrics"]["test"]
-    assert {"Cs", "n_positive", "auroc"} <= set(s["c_path"])
-    f = s["funnel"]
-    assert (
-        f["n_questions"] == 48 and f["n_consistent_faithful"] + f["n_consistent_hallucinated"] <= 48
-    )
+        assert key in s.metrics["test"]
+    assert {"Cs", "n_positive", "auroc"} <= set(s.c_path)
+    f = s.funnel
+    assert f.n_questions == 48 and f.n_consistent_faithful + f.n_consistent_hallucinated <= 48
     splits = hlens.splits.Splits.load(tmp_path / "splits.json")
     assert not set(splits.train_ids) & set(splits.test_ids)
     # groups (pairs of questions) never straddle train and test
     g = lambda q: int(q[1:]) // 2  # noqa: E731
     assert not {g(q) for q in splits.train_ids} & {g(q) for q in splits.test_ids}
     # the question-type control covers every test example once
-    c = s["controls"]["strata"]
+    c = s.controls["strata"]
     assert set(c["per_stratum"]) <= {"early", "late"}
-    assert sum(v["n"] for v in c["per_stratum"].values()) == f["n_test"]
+    assert sum(v["n"] for v in c["per_stratum"].values()) == f.n_test
     assert 0 <= c["strata_only_auroc"] <= 1
 
 
@@ -236,15 +234,15 @@ def test_find_recovers_a_planted_h_neuron(checkpoint_dir, tmp_path):
         s = find(cfg, tmp_path / "run", progress=False)
     finally:
         SOURCES.pop("parity")
-    f = s["funnel"]
-    assert min(f["n_consistent_faithful"], f["n_consistent_hallucinated"]) >= 40, f
+    f = s.funnel
+    assert min(f.n_consistent_faithful, f.n_consistent_hallucinated) >= 40, f
     found = hlens.NeuronSet.load(tmp_path / "run" / "h_neurons.json")
     assert (layer, neuron) in {(n.layer, n.index) for n in found}
-    assert s["metrics"]["test"]["auroc"] >= 0.9
-    assert s["metrics"]["test"]["auroc_ci"][0] >= 0.75
-    assert s["metrics"]["test"]["accuracy"] >= s["baselines"]["random_neurons"]["accuracy"] + 0.1
+    assert s.metrics["test"]["auroc"] >= 0.9
+    assert s.metrics["test"]["auroc_ci"][0] >= 0.75
+    assert s.metrics["test"]["accuracy"] >= s.baselines["random_neurons"]["accuracy"] + 0.1
     # the question "kind" says nothing about the label; the signal holds within each kind
-    strata = s["controls"]["strata"]
+    strata = s.controls["strata"]
     assert strata["within_strata_auroc"] >= 0.9
     assert strata["strata_only_auroc"] < strata["within_strata_auroc"]
 
@@ -350,17 +348,17 @@ def test_the_span_artefact_is_caught_and_label_blind_spans_remove_it(
         s = find(cfg, tmp_path, progress=False)
     finally:
         SOURCES.pop("sentences")
-    conf = s["controls"]["confounds"]
-    gap = s["spans"]["whole_response_share_gap"]
+    conf = s.controls["confounds"]
+    gap = s.spans["whole_response_share_gap"]
     span_auroc = conf["controls"]["span_tokens"]["auroc"]
     if spans == "alias":
-        assert not s["spans"]["label_blind"]
+        assert not s.spans["label_blind"]
         assert gap == 1.0 and span_auroc == 1.0
         assert "span_tokens" in conf["flagged"]
         assert any(line.startswith("WARNING: NOT A FINDING") for line in confound_lines(s))
     else:
-        assert s["spans"]["label_blind"] and gap == 0.0
-        assert s["spans"]["by_class"]["faithful"]["steps"]["new_phrase"] > 0
+        assert s.spans["label_blind"] and gap == 0.0
+        assert s.spans["by_class"]["faithful"]["steps"]["new_phrase"] > 0
         assert span_auroc <= 0.65
     assert set(conf["controls"]) >= {"span_tokens", "response_tokens", "truncated", "span_start",
                                      "answer_logprob", "answer_entropy"}  # fmt: skip
@@ -412,10 +410,10 @@ def test_find_starts_from_responses_sampled_elsewhere(checkpoint_dir, tmp_path, 
     )
     assert cfg.dataset == "samples"
     s = find(cfg, tmp_path, progress=False)
-    f = s["funnel"]
-    assert f["n_questions"] == len(short) == 24
-    assert f["n_samples_total"] == 240  # 10 responses each
-    assert min(f["n_consistent_faithful"], f["n_consistent_hallucinated"]) >= 4
+    f = s.funnel
+    assert f.n_questions == len(short) == 24
+    assert f.n_samples_total == 240  # 10 responses each
+    assert min(f.n_consistent_faithful, f.n_consistent_hallucinated) >= 4
     first = json.loads(path.read_text().splitlines()[0])
     ((qid, rec),) = first.items()
     store = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "samples.jsonl").open()}

@@ -11,6 +11,12 @@ run directory::
 
 Interrupting it loses at most one sampling batch or one feature shard; rerunning resumes.
 
+The stages live in modules, in the order a run uses them: :mod:`~hlens.identify.config` (what a
+run is asked and what it returns), :mod:`~hlens.identify.stages` (responses, judgements, labelled
+examples, splits), :mod:`~hlens.identify.fit` (the probe and its C path),
+:mod:`~hlens.identify.evaluate` (metrics, random-neuron baselines, controls, the result) and
+:mod:`~hlens.identify.pipeline` (:func:`find`).
+
 Example:
     >>> result = find(FindConfig(model="organism"), "runs/organism")  # doctest: +SKIP
     >>> result.h_neurons.count  # doctest: +SKIP
