@@ -8,16 +8,12 @@ from typing import Any, Literal
 
 from hlens._deprecate import UNSET, rename_keys, renamed_kwarg
 from hlens.controls import CONTROLS
-from hlens.features import (
-    CETTConfig,
-)
+from hlens.features import CETTConfig
 from hlens.judge import Funnel, RuleJudge
 from hlens.prompts import PAPER_INSTRUCTION, PROMPT_FORMATS
 from hlens.records import Record, reject_unknown
 from hlens.sampling import SamplingConfig
-from hlens.sources import (
-    default_dataset,
-)
+from hlens.sources import default_dataset
 from hlens.spans import RuleSpanExtractor, WholeResponseExtractor
 
 __all__ = [

@@ -16,10 +16,7 @@ from torch import Tensor
 from hlens._version import __version__
 from hlens.controls import ControlScore, confound_controls, control_values
 from hlens.examples import Example
-from hlens.features import (
-    CETTConfig,
-    extract_features,
-)
+from hlens.features import CETTConfig, extract_features
 from hlens.identify.config import FindConfig, FindResult
 from hlens.identify.fit import PROBE_TOL, ProbeFit
 from hlens.identify.stages import (
@@ -33,16 +30,11 @@ from hlens.identify.stages import (
 from hlens.metrics import ProbeMetrics, strata_control
 from hlens.model import Model
 from hlens.neurons import NeuronSet
-from hlens.probe import (
-    NeuronProbe,
-    random_neuron_baseline,
-)
+from hlens.probe import NeuronProbe, random_neuron_baseline
 from hlens.prompts import PromptFormat
 from hlens.records import jsonable
 from hlens.sampling import SamplingConfig
-from hlens.sources import (
-    QuestionSource,
-)
+from hlens.sources import QuestionSource
 from hlens.splits import Splits
 
 __all__ = ["Evaluation"]

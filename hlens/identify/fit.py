@@ -14,19 +14,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hlens._deprecate import UNSET, renamed_kwarg
-from hlens.features import (
-    FeatureStore,
-)
+from hlens.features import FeatureStore
 from hlens.identify.config import FindConfig
 from hlens.neurons import NeuronSet
-from hlens.probe import (
-    CPath,
-    NeuronProbe,
-    build_training_set,
-    c_min,
-    c_path,
-    select_c,
-)
+from hlens.probe import CPath, NeuronProbe, build_training_set, c_min, c_path, select_c
 from hlens.splits import Splits, make_splits
 
 __all__ = ["PROBE_TOL", "ProbeFit", "probe_training_set"]

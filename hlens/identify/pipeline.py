@@ -9,11 +9,7 @@ from typing import Any
 
 from hlens.checks import load_model, load_source
 from hlens.errors import HlensInputError, validating
-from hlens.features import (
-    extract_features,
-    init_distributed,
-    write_examples,
-)
+from hlens.features import extract_features, init_distributed, write_examples
 from hlens.identify.config import JUDGES, FindConfig, FindResult
 from hlens.identify.evaluate import (
     _controls,
@@ -38,10 +34,7 @@ from hlens.identify.stages import (
 )
 from hlens.prompts import prompt_format
 from hlens.runlock import acquire, check_free, check_settings, kill_point
-from hlens.sources import (
-    read_samples_file,
-    source_sampling,
-)
+from hlens.sources import read_samples_file, source_sampling
 
 __all__ = ["find"]
 

@@ -20,10 +20,7 @@ from hlens.model import Model
 from hlens.prompts import PromptFormat, prompt_ids
 from hlens.records import Record, atomic_write_text
 from hlens.sampling import SamplingConfig, sample_to_jsonl
-from hlens.sources import (
-    QuestionSource,
-    is_source,
-)
+from hlens.sources import QuestionSource, is_source
 from hlens.spans import SpanResult, span_step_counts
 from hlens.splits import Splits, make_splits
 
