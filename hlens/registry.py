@@ -37,6 +37,7 @@ __all__ = [
     "kind_of",
     "kind_plugin",
     "load_plugins",
+    "plugin_action",
     "register_family",
     "register_kind",
     "supported_architectures",
@@ -213,6 +214,9 @@ class KindPlugin:
         cards: the inputs of ``hlens explain`` for this kind (an object with ``card_inputs``,
             ``evaluator`` and ``agreement``; see :class:`hlens.explain_run.CardProvider`).
         api: public names the plug-in lends to ``hlens`` (deprecated aliases, for one release).
+        actions: what the kind's command (``hlens organism``) calls, by name -> ``"module:attr"``,
+            imported only when asked (:func:`plugin_action`), so that building ``hlens``'s
+            parser does not import the plug-in's training stack.
     """
 
     name: str
@@ -220,6 +224,7 @@ class KindPlugin:
     claims: Callable[[Path], bool] | None = None
     cards: Any = None
     api: dict[str, Any] = field(default_factory=dict)
+    actions: dict[str, str] = field(default_factory=dict)
 
 
 _KINDS: dict[str, KindPlugin] = {}
@@ -235,6 +240,20 @@ def kind_plugin(name: str) -> KindPlugin | None:
     """The registered plug-in of kind ``name``, or ``None`` (``"real"`` has none)."""
     load_plugins()
     return _KINDS.get(name)
+
+
+def plugin_action(kind: str, action: str) -> Any:
+    """The object a plug-in's command calls, e.g. ``plugin_action("organism", "train")``.
+
+    Raises:
+        KeyError: no plug-in of that kind, or it has no such action (the message lists them).
+    """
+    plugin = kind_plugin(kind)
+    if plugin is None or action not in plugin.actions:
+        have = sorted(plugin.actions) if plugin is not None else []
+        raise KeyError(f"no action {action!r} of kind {kind!r}; registered: {have}")
+    module, _, attr = plugin.actions[action].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def bundled_names() -> list[str]:

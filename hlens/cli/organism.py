@@ -1,7 +1,8 @@
 """``hlens organism``: train, evaluate or record the bundled model organism (a plug-in).
 
-This is the command-line side of the organism's plug-in: the one module outside
-:mod:`hlens.organism` that imports it, as the command registry's entry for it.
+This is the command-line side of the organism's plug-in. It does not import
+:mod:`hlens.organism`: what it calls comes through the plug-in point
+(:func:`hlens.registry.plugin_action`).
 
 Examples::
 
@@ -15,6 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+
+from hlens.registry import plugin_action
+from hlens.sampling import SamplingConfig
 
 HELP = "train or evaluate the bundled model organism"
 
@@ -56,18 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``hlens organism ...``; returns the exit status."""
-    # imported here, not at the top: `hlens` imports every command module to build its parser,
-    # and the training stack would add about 1.5 s to every command
-    from hlens.organism.evaluate import evaluate_organism, record_greedy_answers
-    from hlens.organism.train import TrainConfig, train_organism
-    from hlens.sampling import SamplingConfig
-
+    # through the plug-in point, when the command runs: `hlens` imports every command module to
+    # build its parser, and the training stack would add about 1.5 s to every command
     if args.organism_command == "train":
         cfg = None
         if args.config:
             with open(args.config) as f:
-                cfg = TrainConfig.from_dict(json.load(f))
-        report = train_organism(args.out, seed=args.seed, config=cfg, force=args.force)
+                cfg = plugin_action("organism", "train_config").from_dict(json.load(f))
+        train = plugin_action("organism", "train")
+        report = train(args.out, seed=args.seed, config=cfg, force=args.force)
         print(json.dumps({k: v.get("wall_s") for k, v in report["stages"].items()}))
         print(f"total wall time: {report['total_wall_s']} s; checkpoints in {args.out}")
     elif args.organism_command == "eval":
@@ -81,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
             batch_size=320,
         )
         base = None if args.base == "none" else args.base
-        report = evaluate_organism(
+        report = plugin_action("organism", "evaluate")(
             args.model, base=base, sampling=sampling, max_questions=args.max_questions, out=args.out
         )
         print(json.dumps(_headline(report), indent=2))
     elif args.organism_command == "record":
-        rec = record_greedy_answers(args.model, args.out)
+        rec = plugin_action("organism", "record")(args.model, args.out)
         print(f"recorded {len(rec['answers'])} greedy answers to {args.out}")
     return 0
 

@@ -44,6 +44,12 @@ ORGANISM = register_kind(
         claims=_claims,
         cards=OrganismCards,
         api={"organism_suites": organism_suites, "organism_judge": organism_judge},
+        actions={
+            "train": "hlens.organism.train:train_organism",
+            "train_config": "hlens.organism.train:TrainConfig",
+            "evaluate": "hlens.organism.evaluate:evaluate_organism",
+            "record": "hlens.organism.evaluate:record_greedy_answers",
+        },
     )
 )
 
