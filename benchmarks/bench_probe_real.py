@@ -73,15 +73,13 @@ def run(quick: bool = True) -> dict[str, Any]:
         t0 = time.perf_counter()
         fit = _fit_probe(store, splits, None, cfg, {})
         path_s = time.perf_counter() - t0
-        n_path = len(fit["path"].Cs)
+        n_path = len(fit.path.Cs)
         path_fits, final_fit = fits[:n_path], fits[n_path]
-        probe = fit["probe"]
-        X_train, y_train = fit["training_set"](
+        probe = fit.probe
+        X_train, y_train = fit.training_set(
             list(splits.train_faithful), list(splits.train_hallucinated)
         )
-        X_test, y_test = fit["answer_set"](
-            list(splits.test_faithful), list(splits.test_hallucinated)
-        )
+        X_test, y_test = fit.answer_set(list(splits.test_faithful), list(splits.test_hallucinated))
         h = probe.h_neurons_
         baseline_fits: list[dict[str, Any]] = []
         n_seeds = 2 if quick else cfg.n_random_seeds
@@ -98,7 +96,7 @@ def run(quick: bool = True) -> dict[str, Any]:
                 seed=cfg.seed,
                 penalty=cfg.penalty,
                 solver=cfg.solver,
-                C=fit["C"],
+                C=fit.C,
                 max_iter=5000,
                 n_layers=h.n_layers,
                 d_mlp=h.d_mlp,
@@ -109,7 +107,7 @@ def run(quick: bool = True) -> dict[str, Any]:
     finally:
         NeuronProbe.fit = real_fit
 
-    C = float(fit["C"])
+    C = float(fit.C)
     Xn = X_train.numpy() if isinstance(X_train, torch.Tensor) else np.asarray(X_train)
     y = np.asarray(y_train)
     cw = compute_class_weight(cfg.class_weight, classes=np.array([0, 1]), y=y)

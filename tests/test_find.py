@@ -423,7 +423,9 @@ def test_find_starts_from_responses_sampled_elsewhere(checkpoint_dir, tmp_path, 
     assert not ex["question"].endswith("without any explanation.")
 
 
-def test_probe_fit_is_the_run_s_probe_and_its_sets(checkpoint_dir, fake_source, tmp_path):
+def test_probe_fit_is_the_run_s_probe_and_its_sets(
+    checkpoint_dir, fake_source, tmp_path, monkeypatch
+):
     """ProbeFit (what _fit_probe returns) refits the run's probe, its sets are those of
     probe_training_set and the answer region, and h_neurons() is the run's h_neurons.json."""
     import importlib
@@ -457,3 +459,13 @@ def test_probe_fit_is_the_run_s_probe_and_its_sets(checkpoint_dir, fake_source, 
     assert {k: mine.meta[k] for k in ("model", "dataset", "C")} == {
         k: saved.meta[k] for k in ("model", "dataset", "C")
     }
+    # the real-probe benchmark refits a finished run through ProbeFit too (it once read the dict)
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("HLENS_BENCH_RUN", str(tmp_path))
+    from benchmarks import bench_probe_real
+
+    res = bench_probe_real.run(quick=True)
+    assert "skipped" not in res and "error" not in res, res
+    assert res["final_fit"]["converged"] is True and res["objective_within_1e-4"] is True
