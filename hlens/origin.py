@@ -34,11 +34,11 @@ from hlens import plots
 from hlens.checks import load_model, load_neurons
 from hlens.errors import HlensInputError, validating
 from hlens.features import CETTConfig, FeatureStore, extract_features, read_examples
-from hlens.identify import FindConfig
+from hlens.identify import FindConfig, answer_set, probe_training_set
 from hlens.metrics import compute_metrics
 from hlens.model import Model
 from hlens.neurons import NeuronSet
-from hlens.probe import NeuronProbe, build_training_set
+from hlens.probe import NeuronProbe
 from hlens.prompts import PromptFormat
 from hlens.records import Record, jsonable
 from hlens.splits import Splits
@@ -244,44 +244,21 @@ def backward_transfer(
         world_size=1,
     )
 
-    def answers(f: tuple[str, ...], h: tuple[str, ...]):
-        X = torch.cat(
-            [store.load("answer", list(f), flat=True), store.load("answer", list(h), flat=True)]
-        )
-        return X, np.array([0] * len(f) + [1] * len(h))
-
-    X_test, y_test = answers(splits.test_faithful, splits.test_hallucinated)
+    X_test, y_test = answer_set(store, splits.test_faithful, splits.test_hallucinated)
     transferred = probe.evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
 
     # a probe trained on the base model itself, same recipe and C
-    f_tr, h_tr = list(splits.train_faithful), list(splits.train_hallucinated)
-    other = None
-    if cfg.contrast == "3-vs-1":
-        other = store.load("all_except_answer", f_tr + h_tr, flat=True)
-        other = other[torch.isfinite(other).all(1)]
-    X_tr, y_tr = build_training_set(
-        store.load("answer", f_tr, flat=True),
-        store.load("answer", h_tr, flat=True),
-        other,
-        contrast=cfg.contrast,
-    )
+    f_tr, h_tr = splits.train_faithful, splits.train_hallucinated
+    X_tr, y_tr = probe_training_set(store, f_tr, h_tr, cfg.contrast)
     params = probe.get_params()
     own = NeuronProbe(**params).fit(X_tr, y_tr).evaluate(X_test, y_test, n_boot=n_boot, seed=seed)
 
     # random-neuron probes trained on the tuned model's features, transferred the same way
-
     tuned_store = FeatureStore(run / "features")
     h = NeuronSet.load(run / "h_neurons.json")
     rand = []
     if len(h):
-        Xt_tr, yt_tr = build_training_set(
-            tuned_store.load("answer", f_tr, flat=True),
-            tuned_store.load("answer", h_tr, flat=True),
-            _finite(tuned_store.load("all_except_answer", f_tr + h_tr, flat=True))
-            if cfg.contrast == "3-vs-1"
-            else None,
-            contrast=cfg.contrast,
-        )
+        Xt_tr, yt_tr = probe_training_set(tuned_store, f_tr, h_tr, cfg.contrast)
         for s in range(n_random_seeds):
             idx = h.layer_matched_random(seed=seed + s).flat()
             p = NeuronProbe(**{**params, "n_layers": None, "d_mlp": None}).fit(Xt_tr[:, idx], yt_tr)
@@ -298,10 +275,6 @@ def backward_transfer(
         "random_neurons": {"auroc": float(np.mean(rand)) if rand else math.nan, "per_seed": rand},
         "prompt": BASE_TEMPLATE,
     }
-
-
-def _finite(x: Tensor) -> Tensor:
-    return x[torch.isfinite(x).all(1)]
 
 
 @dataclass

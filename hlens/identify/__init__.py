@@ -33,7 +33,7 @@ from hlens.identify.config import (
     confound_lines,
 )
 from hlens.identify.evaluate import Evaluation
-from hlens.identify.fit import PROBE_TOL, ProbeFit, probe_training_set
+from hlens.identify.fit import PROBE_TOL, ProbeFit, answer_set, probe_training_set
 from hlens.identify.pipeline import find
 from hlens.identify.stages import Judged, Judgements, Labelled, degenerate_outputs
 
@@ -51,6 +51,7 @@ __all__ = [
     "ProbeFit",
     "ProbeSummary",
     "RunFunnel",
+    "answer_set",
     "confound_lines",
     "degenerate_outputs",
     "find",

@@ -20,7 +20,7 @@ from hlens.neurons import NeuronSet
 from hlens.probe import CPath, NeuronProbe, build_training_set, c_min, c_path, select_c
 from hlens.splits import Splits, make_splits
 
-__all__ = ["PROBE_TOL", "ProbeFit", "probe_training_set"]
+__all__ = ["PROBE_TOL", "ProbeFit", "answer_set", "probe_training_set"]
 
 
 def _flat(store: FeatureStore, region: str, ids: list[str]) -> torch.Tensor:
@@ -63,9 +63,11 @@ def probe_training_set(
 PROBE_TOL = 1e-5
 
 
-def _answer_set(
+def answer_set(
     store: FeatureStore, faithful: Sequence[str], hallucinated: Sequence[str]
 ) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
+    """The answer-region features of these ids, faithful first (label 0) then hallucinated
+    (label 1): what a probe is evaluated on (``hlens find``'s test set, ``hlens origin``'s)."""
     faithful, hallucinated = list(faithful), list(hallucinated)
     X = torch.cat([_flat(store, "answer", faithful), _flat(store, "answer", hallucinated)])
     y = np.array([0] * len(faithful) + [1] * len(hallucinated), dtype=np.int64)
@@ -104,7 +106,7 @@ class ProbeFit:
     ) -> tuple[Float[Tensor, "sample neuron"], Int[np.ndarray, " sample"]]:
         """The answer-region features of these ids, faithful first (label 0) then hallucinated
         (label 1): what the probe is evaluated on."""
-        return _answer_set(self.store, faithful, hallucinated)
+        return answer_set(self.store, faithful, hallucinated)
 
     def h_neurons(self, model: str, dataset: str) -> NeuronSet:
         """The probe's H-neurons (positive weights); their meta names the model, data and C."""
@@ -143,7 +145,7 @@ def _fit_probe(
     X_fit, y_fit = probe_training_set(
         store, list(val.train_faithful), list(val.train_hallucinated), cfg.contrast
     )
-    X_val, y_val = _answer_set(store, val.test_faithful, val.test_hallucinated)
+    X_val, y_val = answer_set(store, val.test_faithful, val.test_hallucinated)
     cmin = c_min(X_fit, y_fit, cfg.class_weight) if cfg.penalty == "l1" else 1.0
     Cs = [cmin * m for m in cfg.Cs]
     path = c_path(X_fit, y_fit, X_val, y_val, Cs, **params)
