@@ -13,6 +13,12 @@ Models (full mode; each skipped when its package is not installed):
   prompt as token ids starting with ``<bos>``, ``stop_at_newline=True``. ``generate`` stops at
   ``"\\n"`` through ``stop_strings`` and its texts are cut at the first newline.
 
+A second arm per model samples (``SAMPLED``: T = 1.0, top-k 50, top-p 0.9, 4 samples per question,
+32 questions) and times hlens, hlens with its next-token choice before #18 (the whole vocabulary
+filtered and noised, ``tests.helpers.reference_choose``) and ``model.generate(do_sample=True)``.
+Samples cannot equal ``generate``'s (other noise); hlens's must equal the whole-vocabulary
+choice's (``equal_to_whole_vocabulary``).
+
 Quick mode (the CI smoke run) uses a tiny random Llama from ``tests/helpers.py`` only.
 
 The machine's limit is measured next to it: fp32 GEMM throughput at the decode shapes
@@ -322,6 +328,94 @@ def compare(
     }
 
 
+def _generate_hf_sampled(model, tok, prompt_ids: list[list[int]], cfg: SamplingConfig) -> int:
+    """``model.generate`` sampling ``cfg.n_samples`` responses per prompt (``do_sample``, the same
+    temperature, top-k and top-p, ``num_return_sequences``) in batches of ``cfg.batch_size``
+    rows; returns the number of responses."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    per = max(1, cfg.batch_size // cfg.n_samples)
+    n = 0
+    for s in range(0, len(prompt_ids), per):
+        chunk = prompt_ids[s : s + per]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
+        kw: dict[str, Any] = {}
+        if cfg.stop_at_newline:
+            kw = dict(stop_strings=["\n"], tokenizer=tok)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            num_return_sequences=cfg.n_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=pad,
+            **kw,
+        )
+        n += out.shape[0]
+    return n
+
+
+def compare_sampled(
+    name: str, model, tok, prompts: list, cfg: SamplingConfig, repeats: int
+) -> dict[str, Any]:
+    """Time sampling at ``cfg``'s temperature (ABBA): hlens, hlens with the whole vocabulary
+    filtered and noised (its next-token choice before #18, ``tests.helpers.reference_choose``),
+    and ``model.generate``. Samples cannot equal ``generate``'s (other noise); hlens's must equal
+    the whole-vocabulary choice's, token for token (``equal_to_whole_vocabulary``)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import reference_choose
+
+    ids = [f"q{i}" for i in range(len(prompts))]
+    enc = [
+        tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else p for p in prompts
+    ]
+    real_choose = S._choose
+    times: dict[str, list[float]] = {"hlens": [], "whole_vocabulary": [], "generate": []}
+    outs: dict[str, Any] = {}
+    arms = list(times)
+    for r in range(repeats):
+        for arm in arms if r % 2 == 0 else arms[::-1]:
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if arm == "generate":
+                    _generate_hf_sampled(model, tok, enc, cfg)
+                else:
+                    S._choose = real_choose if arm == "hlens" else reference_choose
+                    try:
+                        outs[arm] = sample_responses(model, tok, prompts, ids, cfg, progress=False)
+                    finally:
+                        S._choose = real_choose
+            times[arm].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "model": name,
+        "questions": len(prompts),
+        "n_samples": cfg.n_samples,
+        "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "repeats": repeats,
+        "hlens_s": round(med["hlens"], 3),
+        "whole_vocabulary_s": round(med["whole_vocabulary"], 3),
+        "generate_s": round(med["generate"], 3),
+        "speedup_vs_generate": round(med["generate"] / med["hlens"], 3),
+        "speedup_vs_whole_vocabulary": round(med["whole_vocabulary"] / med["hlens"], 3),
+        "equal_to_whole_vocabulary": outs["hlens"] == outs["whole_vocabulary"],
+        "hlens_responses_per_s": round(len(prompts) * cfg.n_samples / med["hlens"], 2),
+    }
+
+
 def _chat_prompts(tok, n: int) -> list[str]:
     return [
         tok.apply_chat_template(
@@ -339,6 +433,12 @@ def _few_shot_ids(tok, n: int) -> list[list[int]]:
         [tok.bos_token_id, *tok(f"{shots}Q: {q}\nA:", add_special_tokens=False)["input_ids"]]
         for q in _questions(n)
     ]
+
+
+#: The sampled arm: the paper's temperature, top-k and top-p, 4 samples per question.
+SAMPLED = SamplingConfig(
+    n_samples=4, temperature=1.0, top_k=50, top_p=0.9, max_new_tokens=20, batch_size=64
+)
 
 
 def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -366,6 +466,9 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
             res["tiny_llama"] = compare(
                 "tiny random llama", model, tok, _chat_prompts(tok, n), cfg, 2
             )
+            res["tiny_llama_sampled"] = compare_sampled(
+                "tiny random llama", model, tok, _chat_prompts(tok, n), SAMPLED, 2
+            )
         if quick:
             res["real_models"] = "skipped in quick mode"
             return res
@@ -379,6 +482,9 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
                 cfg = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=20, batch_size=64)
                 res["smollm2_135m_instruct"] = compare(
                     "SmolLM2-135M-Instruct", model, tok, _chat_prompts(tok, n), cfg, repeats
+                )
+                res["smollm2_135m_instruct_sampled"] = compare_sampled(
+                    "SmolLM2-135M-Instruct", model, tok, _chat_prompts(tok, 32), SAMPLED, 2
                 )
                 del model
         if only is None or "gemma3" in only:
@@ -396,6 +502,10 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
                 )
                 res["gemma3_270m"] = compare(
                     "Gemma-3-270M (base, 3-shot)", model, tok, _few_shot_ids(tok, n), cfg, repeats
+                )
+                sampled = SamplingConfig.from_dict({**SAMPLED.to_dict(), "stop_at_newline": True})
+                res["gemma3_270m_sampled"] = compare_sampled(
+                    "Gemma-3-270M (base, 3-shot)", model, tok, _few_shot_ids(tok, 32), sampled, 2
                 )
     return res
 

@@ -15,7 +15,10 @@ What makes it fast, without changing the tokens chosen: prompts are batched by t
 (left-padded within a batch); a token prefix common to every prompt of a call (system prompt,
 chat scaffolding, few-shot turns) is encoded once and its KV cache copied into each batch; the
 ``n_samples`` rows of a prompt share one prompt encoding; rows that finish leave the batch (their
-KV cache rows are dropped); only the last position's logits are computed when prompts are encoded.
+KV cache rows are dropped); only the last position's logits are computed when prompts are encoded;
+when sampling, temperature, top-p and the Gumbel noise are applied to the tokens top-k keeps only,
+not to the whole vocabulary (each row still draws one uniform per vocabulary token and step, so
+the samples are those of filtering the whole vocabulary).
 
 Example:
     >>> cfg = SamplingConfig(n_samples=4, temperature=1.0, seed=0)
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -133,30 +136,64 @@ def row_seed(seed: int, qid: str, k: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    logits = logits / cfg.temperature
+def _candidates(
+    logits: Float[torch.Tensor, "batch d_vocab"], top_k: int
+) -> tuple[Int[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n"]]:
+    """The tokens top-k keeps, per row in token-id order, and their logits (float64): every token
+    whose logit is at least the ``top_k``-th largest, so tokens tied with it are all kept (rows
+    with fewer than the widest row's count are padded with ``-inf`` logits and a token id past
+    the vocabulary, placed last)."""
     vocab = logits.shape[-1]
-    if 0 < cfg.top_k < vocab:
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        remove = cum <= 1 - cfg.top_p
-        remove[:, -1] = False  # always keep the most likely token
-        logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-    return logits
+    values, ids = torch.topk(logits, top_k, dim=-1)
+    kth = values[:, -1:]
+    n_kept = int((logits >= kth).sum(-1).max())
+    if n_kept > top_k:  # ties with the k-th logit: take them all, mask what a row does not keep
+        values, ids = torch.topk(logits, n_kept, dim=-1)
+        ids = ids.masked_fill(values < kth, vocab)
+    ids = torch.sort(ids, dim=-1).values
+    values = logits.gather(1, ids.clamp_max(vocab - 1)).double()
+    return ids, values.masked_fill(ids == vocab, float("-inf"))
 
 
-def _choose(logits: torch.Tensor, gens: list[torch.Generator], cfg: SamplingConfig) -> torch.Tensor:
+def _top_p(logits: Float[torch.Tensor, "batch n"], top_p: float) -> Float[torch.Tensor, "batch n"]:
+    """``logits`` with the tokens outside the nucleus set to ``-inf``: in ascending order, those
+    whose cumulative probability is at most ``1 - top_p`` (the most likely is always kept)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False, stable=True)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cum <= 1 - top_p
+    remove[:, -1] = False
+    return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+
+
+def _choose(
+    logits: Float[torch.Tensor, "batch d_vocab"], gens: list[torch.Generator], cfg: SamplingConfig
+) -> Int[torch.Tensor, " batch"]:
+    """Each row's next token: the argmax when greedy, else a sample from the row's tempered,
+    top-k and top-p filtered distribution by the Gumbel-max trick.
+
+    Each row's generator draws one uniform per vocabulary token and step, whatever the filters
+    keep, so a row's noise depends only on its seed and step. The filters and the Gumbel
+    transform are computed on the tokens top-k keeps only (at most a few dozen of a vocabulary
+    of 50k-260k): the same tokens as filtering the whole vocabulary, up to float ties."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    logits = _filter_logits(logits.double(), cfg)
-    vocab = logits.shape[-1]
-    u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in gens])
+    rows, vocab = logits.shape
+    u = torch.empty((rows, vocab), dtype=torch.float64)
+    for r, g in enumerate(gens):
+        torch.rand(vocab, generator=g, dtype=torch.float64, out=u[r])
+    ids = None
+    if 0 < cfg.top_k < vocab:
+        ids, z = _candidates(logits, cfg.top_k)
+        u = u.gather(1, ids.cpu().clamp_max(vocab - 1))
+    else:
+        z = logits.double()
+    z = z / cfg.temperature
+    if cfg.top_p < 1.0:
+        z = _top_p(z, cfg.top_p)
     exp_noise = -torch.log(u.clamp_min(1e-300))  # Exp(1) noise
     gumbel = -torch.log(exp_noise.clamp_min(1e-300))
-    return (logits + gumbel.to(logits.device)).argmax(dim=-1)
+    pick = (z + gumbel.to(z.device)).argmax(dim=-1)
+    return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
 
 
 def _forward_kwargs(model) -> tuple[str, bool]:

@@ -116,3 +116,31 @@ def build_checkpoint(family: str, out: Path, *, seed: int = 0, tokenizer=None, *
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _reference_filter(logits, cfg):
+    logits = logits / cfg.temperature
+    vocab = logits.shape[-1]
+    if 0 < cfg.top_k < vocab:
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum <= 1 - cfg.top_p
+        remove[:, -1] = False
+        logits = logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+    return logits
+
+
+def reference_choose(logits, gens, cfg):
+    """hlens's next-token choice before it filtered only top-k's tokens (#18): the whole
+    vocabulary tempered, top-k and top-p filtered and given Gumbel noise (the reference that
+    ``hlens.sampling._choose`` must equal; ``benchmarks/bench_sampling.py`` times it)."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = _reference_filter(logits.double(), cfg)
+    u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in gens])
+    exp_noise = -torch.log(u.clamp_min(1e-300))
+    gumbel = -torch.log(exp_noise.clamp_min(1e-300))
+    return (logits + gumbel).argmax(dim=-1)

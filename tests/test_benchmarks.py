@@ -31,5 +31,8 @@ def test_quick_benchmarks_run(tmp_path):
     sampling = res["benchmarks"]["sampling"]["tiny_llama"]
     assert sampling["equal_outputs"] is True  # hlens's greedy outputs are generate's
     assert sampling["speedup"] > 0 and sampling["fraction_of_gemm_mlp"] >= 0
+    sampled = res["benchmarks"]["sampling"]["tiny_llama_sampled"]
+    assert sampled["equal_to_whole_vocabulary"] is True  # top-k-only filtering: same samples
+    assert sampled["speedup_vs_generate"] > 0
     probe = res["benchmarks"]["probe"]["cases"]
     assert all(c["torch"]["converged"] for c in probe if c["name"].startswith("correlated"))

@@ -12,6 +12,7 @@ import hlens.sampling as S
 from hlens.organism.tokenizer import build_tokenizer
 from hlens.organism.world import World, WorldConfig
 from hlens.sampling import SamplingConfig, read_jsonl, row_seed, sample_responses, sample_to_jsonl
+from tests.helpers import reference_choose
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +230,43 @@ def test_jsonl_resume(model, tok, tmp_path):
         )
 
 
+# -- the next-token choice equals filtering the whole vocabulary (tests.helpers.reference_choose) --
+def _choices(choose, logits, seeds, cfg, steps=3):
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    return [choose(logits.roll(k, -1), gens, cfg).tolist() for k in range(steps)]
+
+
+@pytest.mark.parametrize("vocab", [37, 1000, 49152])
+def test_choose_filters_only_top_k_s_tokens_with_the_same_result(vocab):
+    """Filtering and noising only the tokens top-k keeps picks what filtering the whole
+    vocabulary picks, with the same noise stream (so stored samples do not change): continuous
+    logits, masked logits, top-k off and on, ties with the k-th logit (kept, all of them)."""
+    g = torch.Generator().manual_seed(vocab)
+    n = 0
+    for top_k in (0, 1, 5, 50, vocab):
+        for top_p, temperature in ((1.0, 1.0), (0.9, 1.0), (0.5, 1.5), (0.95, 0.7)):
+            cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+            logits = torch.randn(9, vocab, generator=g) * (1 + 4 * torch.rand(9, 1, generator=g))
+            logits[3, : vocab // 2] = float("-inf")
+            seeds = [n * 10 + r for r in range(9)]
+            want = _choices(reference_choose, logits, seeds, cfg)
+            assert _choices(S._choose, logits, seeds, cfg) == want, (top_k, top_p)
+            n += 1
+    # exact ties with the k-th largest logit: every tied token stays a candidate
+    logits = (torch.randn(6, vocab, generator=g) * 2).round()
+    for top_k in (1, 5, 20):
+        cfg = SamplingConfig(temperature=1.0, top_k=top_k, top_p=1.0)
+        ids, z = S._candidates(logits, top_k)
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        for r in range(len(logits)):
+            kept = ids[r][z[r] > float("-inf")].tolist()
+            assert kept == torch.nonzero(logits[r] >= kth[r]).flatten().tolist()  # in id order
+        seeds = list(range(6))
+        assert _choices(S._choose, logits, seeds, cfg) == _choices(
+            reference_choose, logits, seeds, cfg
+        )
+
+
 # -- the sampler before its speed-ups (batching by length, shared prefix, pruning finished rows),
 # kept here as the reference its outputs must equal ------------------------------------------------
 @torch.no_grad()
@@ -249,7 +287,7 @@ def _reference_generate(model, prompt_ids, repeats, seeds, cfg, eos_id, pad_id):
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     generated, finished = [[] for _ in range(n)], [False] * n
     for step in range(cfg.max_new_tokens):
-        tokens = S._choose(logits, gens, cfg).tolist()
+        tokens = reference_choose(logits, gens, cfg).tolist()
         for i, t in enumerate(tokens):
             if finished[i]:
                 continue
