@@ -15,7 +15,8 @@ Models (full mode; each skipped when its package is not installed):
 
 A second arm per model samples (``SAMPLED``: T = 1.0, top-k 50, top-p 0.9, 4 samples per question,
 32 questions) and times hlens, hlens with its next-token choice before #18 (the whole vocabulary
-filtered and noised, ``tests.helpers.reference_choose``) and ``model.generate(do_sample=True)``.
+filtered and noised, ``tests.helpers.reference_choose``), hlens with ``noise="counter"`` and
+``model.generate(do_sample=True)``.
 Samples cannot equal ``generate``'s (other noise); hlens's must equal the whole-vocabulary
 choice's (``equal_to_whole_vocabulary``).
 
@@ -368,8 +369,9 @@ def compare_sampled(
 ) -> dict[str, Any]:
     """Time sampling at ``cfg``'s temperature (ABBA): hlens, hlens with the whole vocabulary
     filtered and noised (its next-token choice before #18, ``tests.helpers.reference_choose``),
-    and ``model.generate``. Samples cannot equal ``generate``'s (other noise); hlens's must equal
-    the whole-vocabulary choice's, token for token (``equal_to_whole_vocabulary``)."""
+    hlens with ``noise="counter"``, and ``model.generate``. Samples cannot equal ``generate``'s
+    (other noise), nor the counter noise's; hlens's must equal the whole-vocabulary choice's,
+    token for token (``equal_to_whole_vocabulary``)."""
     sys.path.insert(0, str(ROOT))
     from tests.helpers import reference_choose
 
@@ -378,7 +380,13 @@ def compare_sampled(
         tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else p for p in prompts
     ]
     real_choose = S._choose
-    times: dict[str, list[float]] = {"hlens": [], "whole_vocabulary": [], "generate": []}
+    counter = SamplingConfig.from_dict({**cfg.to_dict(), "noise": "counter"})
+    times: dict[str, list[float]] = {
+        "hlens": [],
+        "whole_vocabulary": [],
+        "hlens_counter": [],
+        "generate": [],
+    }
     outs: dict[str, Any] = {}
     arms = list(times)
     for r in range(repeats):
@@ -389,9 +397,10 @@ def compare_sampled(
                 if arm == "generate":
                     _generate_hf_sampled(model, tok, enc, cfg)
                 else:
-                    S._choose = real_choose if arm == "hlens" else reference_choose
+                    S._choose = reference_choose if arm == "whole_vocabulary" else real_choose
+                    c = counter if arm == "hlens_counter" else cfg
                     try:
-                        outs[arm] = sample_responses(model, tok, prompts, ids, cfg, progress=False)
+                        outs[arm] = sample_responses(model, tok, prompts, ids, c, progress=False)
                     finally:
                         S._choose = real_choose
             times[arm].append(time.perf_counter() - t0)
@@ -408,9 +417,11 @@ def compare_sampled(
         "repeats": repeats,
         "hlens_s": round(med["hlens"], 3),
         "whole_vocabulary_s": round(med["whole_vocabulary"], 3),
+        "hlens_counter_noise_s": round(med["hlens_counter"], 3),
         "generate_s": round(med["generate"], 3),
         "speedup_vs_generate": round(med["generate"] / med["hlens"], 3),
         "speedup_vs_whole_vocabulary": round(med["whole_vocabulary"] / med["hlens"], 3),
+        "counter_noise_speedup_vs_generate": round(med["generate"] / med["hlens_counter"], 3),
         "equal_to_whole_vocabulary": outs["hlens"] == outs["whole_vocabulary"],
         "hlens_responses_per_s": round(len(prompts) * cfg.n_samples / med["hlens"], 2),
     }

@@ -48,8 +48,11 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = [
+    "NOISE",
+    "CounterStream",
     "Prompt",
     "SamplingConfig",
+    "counter_uniforms",
     "read_jsonl",
     "row_seed",
     "sample_responses",
@@ -58,6 +61,10 @@ __all__ = [
 
 #: A prompt: a rendered text (tokenized with ``add_special_tokens=False``) or token ids.
 Prompt = str | Sequence[int] | Int[torch.Tensor, " pos"]
+
+
+#: The noise sources of :attr:`SamplingConfig.noise`.
+NOISE = ("mt19937", "counter")
 
 
 @dataclass
@@ -77,6 +84,15 @@ class SamplingConfig:
         stop_at_newline: end a response at the first generated token whose text contains a
             newline; the response is the text before it, and it counts as finished, not
             truncated (for base models prompted with few-shot ``Q: ... A: ...`` turns).
+        noise: where each sample's Gumbel noise comes from (both sample the filtered
+            distribution by the Gumbel-max trick, independently of batching; their samples
+            differ from each other).
+            ``"mt19937"``: one CPU ``torch.Generator`` per sample, one uniform per vocabulary
+            token and step (hlens's samples so far; stores without the field were sampled so).
+            ``"counter"``: a hash of ``(seed, step, token)`` computed on the model's device for
+            the tokens top-k keeps only: nothing is drawn on the CPU, and the values are the same
+            on every device (with ``top_k=0`` it hashes every token, slower than ``"mt19937"``
+            on a CPU).
     """
 
     n_samples: int = 10
@@ -87,6 +103,7 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 64
     stop_at_newline: bool = False
+    noise: str = "mt19937"
 
     def __post_init__(self) -> None:
         for name in ("n_samples", "max_new_tokens", "batch_size"):
@@ -107,6 +124,8 @@ class SamplingConfig:
             raise ValueError(
                 f"SamplingConfig.stop_at_newline must be a bool, got {self.stop_at_newline!r}"
             )
+        if self.noise not in NOISE:
+            raise ValueError(f"SamplingConfig.noise must be one of {NOISE}, got {self.noise!r}")
 
     @property
     def greedy(self) -> bool:
@@ -134,6 +153,88 @@ def row_seed(seed: int, qid: str, k: int) -> int:
     """A stable 63-bit seed for sample ``k`` of question ``qid`` (independent of batching)."""
     h = hashlib.sha256(f"{seed}\x1f{qid}\x1f{k}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+class CounterStream:
+    """One sample's noise under ``noise="counter"``: its seed and the steps drawn so far.
+
+    Its uniforms are :func:`counter_uniforms` of ``(seed, step, token)``, so any subset of the
+    vocabulary can be drawn at any step, on any device, with the same values."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed) & ((1 << 63) - 1)
+        self.step = 0
+
+
+def _wrap64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+_MIX = tuple(map(_wrap64, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)))
+
+
+def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer on int64 tensors (two's-complement wrapping, as on every device)."""
+    x = x + _MIX[0]
+    x = (x ^ _shift_right(x, 30)) * _MIX[1]
+    x = (x ^ _shift_right(x, 27)) * _MIX[2]
+    return x ^ _shift_right(x, 31)
+
+
+def counter_uniforms(
+    seeds: Int[torch.Tensor, " batch"],
+    steps: Int[torch.Tensor, " batch"],
+    tokens: Int[torch.Tensor, "batch n"],
+) -> Float[torch.Tensor, "batch n"]:
+    """Uniforms in [0, 1) (float64, 53 bits) that depend only on ``(seed, step, token)``: a
+    SplitMix64 hash, computed with integer arithmetic on the tensors' device.
+
+    Example:
+        >>> import torch
+        >>> u = counter_uniforms(torch.tensor([7]), torch.tensor([0]), torch.tensor([[3, 4]]))
+        >>> bool(((0 <= u) & (u < 1)).all()), u.dtype
+        (True, torch.float64)
+        >>> one = counter_uniforms(torch.tensor([7]), torch.tensor([0]), torch.tensor([[4]]))
+        >>> bool(one == u[0, 1])  # a token's uniform does not depend on which others are drawn
+        True
+    """
+    key = _mix64((steps[:, None] << 32) | (tokens & 0xFFFFFFFF))
+    key = _mix64(key ^ seeds[:, None])
+    return _shift_right(key, 11).double() * 2.0**-53
+
+
+def _uniforms(
+    gens: list, vocab: int, ids: Int[torch.Tensor, "batch n"] | None, device: torch.device
+) -> Float[torch.Tensor, "batch n"]:
+    """This step's uniforms of each row, for the tokens ``ids`` (``None``: the whole vocabulary),
+    on ``device`` for counter streams and on the CPU for generators (where they are drawn); each
+    row's stream advances one step."""
+    if all(isinstance(g, CounterStream) for g in gens):
+        seeds = torch.tensor([g.seed for g in gens], dtype=torch.long, device=device)
+        steps = torch.tensor([g.step for g in gens], dtype=torch.long, device=device)
+        for g in gens:
+            g.step += 1
+        if ids is None:
+            ids = torch.arange(vocab, device=device).expand(len(gens), vocab)
+        return counter_uniforms(seeds, steps, ids)
+    u = torch.empty((len(gens), vocab), dtype=torch.float64)
+    for r, g in enumerate(gens):
+        torch.rand(vocab, generator=g, dtype=torch.float64, out=u[r])
+    if ids is not None:
+        u = u.gather(1, ids.cpu().clamp_max(vocab - 1))
+    return u
+
+
+def _noise_streams(seeds: Sequence[int], cfg: SamplingConfig) -> list:
+    """One noise stream per row (see :attr:`SamplingConfig.noise`)."""
+    if cfg.noise == "counter":
+        return [CounterStream(s) for s in seeds]
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def _candidates(
@@ -166,27 +267,25 @@ def _top_p(logits: Float[torch.Tensor, "batch n"], top_p: float) -> Float[torch.
 
 
 def _choose(
-    logits: Float[torch.Tensor, "batch d_vocab"], gens: list[torch.Generator], cfg: SamplingConfig
+    logits: Float[torch.Tensor, "batch d_vocab"], gens: list, cfg: SamplingConfig
 ) -> Int[torch.Tensor, " batch"]:
     """Each row's next token: the argmax when greedy, else a sample from the row's tempered,
-    top-k and top-p filtered distribution by the Gumbel-max trick.
+    top-k and top-p filtered distribution by the Gumbel-max trick, with each row's noise from
+    its stream in ``gens`` (:func:`_noise_streams`).
 
-    Each row's generator draws one uniform per vocabulary token and step, whatever the filters
+    A ``torch.Generator`` draws one uniform per vocabulary token and step, whatever the filters
     keep, so a row's noise depends only on its seed and step. The filters and the Gumbel
     transform are computed on the tokens top-k keeps only (at most a few dozen of a vocabulary
     of 50k-260k): the same tokens as filtering the whole vocabulary, up to float ties."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    rows, vocab = logits.shape
-    u = torch.empty((rows, vocab), dtype=torch.float64)
-    for r, g in enumerate(gens):
-        torch.rand(vocab, generator=g, dtype=torch.float64, out=u[r])
+    vocab = logits.shape[-1]
     ids = None
     if 0 < cfg.top_k < vocab:
         ids, z = _candidates(logits, cfg.top_k)
-        u = u.gather(1, ids.cpu().clamp_max(vocab - 1))
     else:
         z = logits.double()
+    u = _uniforms(gens, vocab, ids, z.device)
     z = z / cfg.temperature
     if cfg.top_p < 1.0:
         z = _top_p(z, cfg.top_p)
@@ -668,7 +767,7 @@ def _decode(model, past, logits, attn, pos, seeds, cfg, eos_id, stop_ids, lazy=F
     cache_kw = _forward_kwargs(model)[0]
     prune = hasattr(past, "batch_select_indices")
     n = logits.shape[0]
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    gens = _noise_streams(seeds, cfg)
     generated: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
     rows = list(range(n))  # the batch row -> output row

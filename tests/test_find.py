@@ -296,6 +296,31 @@ def test_cli_passes_the_column_options(monkeypatch, tmp_path):
     cfg = seen["cfg"]
     assert (cfg.question_col, cfg.answers_col, cfg.strata_col) == ("problem", "answer", "topic")
     assert FindConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.sampling.noise == "mt19937"
+    args = p.parse_args([*argv.split(), "--out", str(tmp_path), "--noise", "counter"])
+    with pytest.raises(KeyboardInterrupt):
+        find_mod.run(args)
+    assert seen["cfg"].sampling.noise == "counter"
+
+
+def test_a_run_made_before_the_noise_option_resumes(tmp_path):
+    """config.json written before ``SamplingConfig.noise`` existed reads as ``mt19937`` (how it
+    was sampled), so the run resumes with the defaults and not with ``--noise counter``."""
+    from hlens.errors import HlensInputError
+    from hlens.runlock import check_settings
+
+    cfg = FindConfig(sampling=SamplingConfig(n_samples=2))
+    old = cfg.to_dict()
+    del old["sampling"]["noise"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    check_settings(path, cfg.to_dict(), command="hlens find", upgrade=FindConfig.upgrade_dict)
+    assert FindConfig.from_dict(old) == cfg
+    counter = FindConfig(sampling=SamplingConfig(n_samples=2, noise="counter"))
+    with pytest.raises(HlensInputError, match="sampling.noise"):
+        check_settings(
+            path, counter.to_dict(), command="hlens find", upgrade=FindConfig.upgrade_dict
+        )
 
 
 # ----------------------------------------------------------------------------- the span artefact

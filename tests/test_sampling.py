@@ -82,6 +82,7 @@ def test_config_validation_and_roundtrip():
         {"top_k": -1},
         {"max_new_tokens": 0},
         {"batch_size": 0},
+        {"noise": "philox"},
     ):
         with pytest.raises(ValueError, match="got"):
             SamplingConfig(**bad)
@@ -97,8 +98,11 @@ def test_row_seed_stable():
     )
 
 
-def test_batch_invariance_and_seed(model, tok):
-    cfg = SamplingConfig(n_samples=4, temperature=1.0, max_new_tokens=8, seed=3, batch_size=64)
+@pytest.mark.parametrize("noise", S.NOISE)
+def test_batch_invariance_and_seed(model, tok, noise):
+    cfg = SamplingConfig(
+        n_samples=4, temperature=1.0, max_new_tokens=8, seed=3, batch_size=64, noise=noise
+    )
     big = sample_responses(model, tok, PROMPTS, IDS, cfg, progress=False)
     small = sample_responses(
         model,
@@ -265,6 +269,54 @@ def test_choose_filters_only_top_k_s_tokens_with_the_same_result(vocab):
         assert _choices(S._choose, logits, seeds, cfg) == _choices(
             reference_choose, logits, seeds, cfg
         )
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's finalizer in Python integers (the specification of ``_mix64``)."""
+    m = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_counter_uniforms_are_the_specified_hash():
+    """``counter_uniforms`` is SplitMix64 of (step, token), then of that xor the seed, top 53
+    bits: the same integers on every device, so the same samples."""
+    seeds = [0, 1, row_seed(0, "q1", 3), (1 << 63) - 1]
+    steps, tokens = [0, 5, 49, 1023], [0, 17, 49151, 262143]
+    got = S.counter_uniforms(
+        torch.tensor(seeds), torch.tensor(steps), torch.tensor(tokens)[None].expand(4, 4)
+    )
+    for r, (seed, step) in enumerate(zip(seeds, steps)):
+        for c, t in enumerate(tokens):
+            key = _splitmix64(_splitmix64((step << 32) | t) ^ seed)
+            assert got[r, c].item() == (key >> 11) * 2.0**-53
+    stream = S.CounterStream(seeds[2])
+    first = S._uniforms([stream], 10, None, torch.device("cpu"))
+    assert stream.step == 1
+    cpu = torch.device("cpu")
+    again = S._uniforms([S.CounterStream(seeds[2])], 10, torch.tensor([[7, 2]]), cpu)
+    assert again.tolist() == [[first[0, 7].item(), first[0, 2].item()]]
+
+
+@pytest.mark.parametrize("noise", S.NOISE)
+def test_samples_follow_the_filtered_distribution(noise):
+    """Both noise sources sample the tempered, top-k and top-p filtered softmax: token
+    frequencies over 20,000 rows are within 4.5 standard errors of its probabilities, and tokens
+    outside it never come."""
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0, -6.0, 1.2])
+    cfg = SamplingConfig(temperature=0.8, top_k=6, top_p=0.95, noise=noise)
+    z = reference_choose.__globals__["_reference_filter"](logits[None].double(), cfg)[0]
+    p = z.softmax(-1)
+    n = 20000
+    gens = S._noise_streams([row_seed(0, f"q{i}", 0) for i in range(n)], cfg)
+    counts = torch.zeros(10)
+    for _ in range(2):  # two steps of every row: the streams advance
+        counts += torch.bincount(S._choose(logits.expand(n, 10), gens, cfg), minlength=10)
+    freq, se = counts / (2 * n), (p * (1 - p) / (2 * n)).sqrt()
+    assert (counts[p == 0] == 0).all() and (p > 0).sum() == 5
+    assert ((freq - p).abs() <= 4.5 * se + 1e-12).all(), (freq, p)
 
 
 # -- the sampler before its speed-ups (batching by length, shared prefix, pruning finished rows),

@@ -21,6 +21,7 @@ from hlens.features import CETTConfig
 from hlens.identify import JUDGES, SPAN_EXTRACTORS, FindConfig, confound_lines, find
 from hlens.identify.config import _f3
 from hlens.prompts import PROMPT_FORMATS
+from hlens.sampling import NOISE
 from hlens.sources import default_dataset, source_sampling
 
 HELP = "identify H-neurons: sample, judge, balance, CETT, sparse probe"
@@ -81,6 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-samples", type=int, default=None, help="responses per question (10)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="(50; organism: 16)")
+    p.add_argument(
+        "--noise",
+        choices=list(NOISE),
+        default=None,
+        help="sampling noise: mt19937 (CPU generators, the default) or counter (a hash on the "
+        "model's device; faster on a GPU and at large vocabularies, other samples)",
+    )
     p.add_argument(
         "--sample-batch-size",
         type=int,
@@ -146,6 +154,7 @@ def _config_from_args(args: argparse.Namespace) -> FindConfig:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.sample_batch_size,
         seed=args.seed,
+        noise=args.noise,
     )
     cett = CETTConfig(
         use_abs=not args.no_abs,

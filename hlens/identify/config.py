@@ -176,6 +176,9 @@ class FindConfig:
         d = rename_keys(d, {"mode": "contrast"}, "FindConfig", warn=warn)
         if isinstance(d.get("cett"), dict):
             d["cett"] = CETTConfig.upgrade_dict(d["cett"], warn=warn)
+        if isinstance(d.get("sampling"), dict) and "noise" not in d["sampling"]:
+            # written before SamplingConfig.noise existed: sampled with the generators
+            d["sampling"] = {**d["sampling"], "noise": "mt19937"}
         return d
 
     @classmethod
