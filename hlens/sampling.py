@@ -17,8 +17,8 @@ chat scaffolding, few-shot turns) is encoded once and its KV cache copied into e
 ``n_samples`` rows of a prompt share one prompt encoding; rows that finish leave the batch (their
 KV cache rows are dropped); only the last position's logits are computed when prompts are encoded;
 when sampling, temperature, top-p and the Gumbel noise are applied to the tokens top-k keeps only,
-not to the whole vocabulary (each row still draws one uniform per vocabulary token and step, so
-the samples are those of filtering the whole vocabulary).
+not to the whole vocabulary (:mod:`hlens.token_choice`; each row still draws one uniform per
+vocabulary token and step, so the samples are those of filtering the whole vocabulary).
 
 Example:
     >>> cfg = SamplingConfig(n_samples=4, temperature=1.0, seed=0)
@@ -43,16 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
+from hlens.token_choice import NOISE, choose, noise_streams
+
 __all__ = [
-    "NOISE",
-    "CounterStream",
     "Prompt",
     "SamplingConfig",
-    "counter_uniforms",
     "read_jsonl",
     "row_seed",
     "sample_responses",
@@ -61,10 +60,6 @@ __all__ = [
 
 #: A prompt: a rendered text (tokenized with ``add_special_tokens=False``) or token ids.
 Prompt = str | Sequence[int] | Int[torch.Tensor, " pos"]
-
-
-#: The noise sources of :attr:`SamplingConfig.noise`.
-NOISE = ("mt19937", "counter")
 
 
 @dataclass
@@ -155,144 +150,10 @@ def row_seed(seed: int, qid: str, k: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-class CounterStream:
-    """One sample's noise under ``noise="counter"``: its seed and the steps drawn so far.
-
-    Its uniforms are :func:`counter_uniforms` of ``(seed, step, token)``, so any subset of the
-    vocabulary can be drawn at any step, on any device, with the same values."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed) & ((1 << 63) - 1)
-        self.step = 0
-
-
-def _wrap64(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-_MIX = tuple(map(_wrap64, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)))
-
-
-def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Logical right shift of int64 bit patterns."""
-    return (x >> n) & ((1 << (64 - n)) - 1)
-
-
-def _mix64(x: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finalizer on int64 tensors (two's-complement wrapping, as on every device)."""
-    x = x + _MIX[0]
-    x = (x ^ _shift_right(x, 30)) * _MIX[1]
-    x = (x ^ _shift_right(x, 27)) * _MIX[2]
-    return x ^ _shift_right(x, 31)
-
-
-def counter_uniforms(
-    seeds: Int[torch.Tensor, " batch"],
-    steps: Int[torch.Tensor, " batch"],
-    tokens: Int[torch.Tensor, "batch n"],
-) -> Float[torch.Tensor, "batch n"]:
-    """Uniforms in [0, 1) (float64, 53 bits) that depend only on ``(seed, step, token)``: a
-    SplitMix64 hash, computed with integer arithmetic on the tensors' device.
-
-    Example:
-        >>> import torch
-        >>> u = counter_uniforms(torch.tensor([7]), torch.tensor([0]), torch.tensor([[3, 4]]))
-        >>> bool(((0 <= u) & (u < 1)).all()), u.dtype
-        (True, torch.float64)
-        >>> one = counter_uniforms(torch.tensor([7]), torch.tensor([0]), torch.tensor([[4]]))
-        >>> bool(one == u[0, 1])  # a token's uniform does not depend on which others are drawn
-        True
-    """
-    key = _mix64((steps[:, None] << 32) | (tokens & 0xFFFFFFFF))
-    key = _mix64(key ^ seeds[:, None])
-    return _shift_right(key, 11).double() * 2.0**-53
-
-
-def _uniforms(
-    gens: list, vocab: int, ids: Int[torch.Tensor, "batch n"] | None, device: torch.device
-) -> Float[torch.Tensor, "batch n"]:
-    """This step's uniforms of each row, for the tokens ``ids`` (``None``: the whole vocabulary),
-    on ``device`` for counter streams and on the CPU for generators (where they are drawn); each
-    row's stream advances one step."""
-    if all(isinstance(g, CounterStream) for g in gens):
-        seeds = torch.tensor([g.seed for g in gens], dtype=torch.long, device=device)
-        steps = torch.tensor([g.step for g in gens], dtype=torch.long, device=device)
-        for g in gens:
-            g.step += 1
-        if ids is None:
-            ids = torch.arange(vocab, device=device).expand(len(gens), vocab)
-        return counter_uniforms(seeds, steps, ids)
-    u = torch.empty((len(gens), vocab), dtype=torch.float64)
-    for r, g in enumerate(gens):
-        torch.rand(vocab, generator=g, dtype=torch.float64, out=u[r])
-    if ids is not None:
-        u = u.gather(1, ids.cpu().clamp_max(vocab - 1))
-    return u
-
-
-def _noise_streams(seeds: Sequence[int], cfg: SamplingConfig) -> list:
-    """One noise stream per row (see :attr:`SamplingConfig.noise`)."""
-    if cfg.noise == "counter":
-        return [CounterStream(s) for s in seeds]
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-def _candidates(
-    logits: Float[torch.Tensor, "batch d_vocab"], top_k: int
-) -> tuple[Int[torch.Tensor, "batch n"], Float[torch.Tensor, "batch n"]]:
-    """The tokens top-k keeps, per row in token-id order, and their logits (float64): every token
-    whose logit is at least the ``top_k``-th largest, so tokens tied with it are all kept (rows
-    with fewer than the widest row's count are padded with ``-inf`` logits and a token id past
-    the vocabulary, placed last)."""
-    vocab = logits.shape[-1]
-    values, ids = torch.topk(logits, top_k, dim=-1)
-    kth = values[:, -1:]
-    n_kept = int((logits >= kth).sum(-1).max())
-    if n_kept > top_k:  # ties with the k-th logit: take them all, mask what a row does not keep
-        values, ids = torch.topk(logits, n_kept, dim=-1)
-        ids = ids.masked_fill(values < kth, vocab)
-    ids = torch.sort(ids, dim=-1).values
-    values = logits.gather(1, ids.clamp_max(vocab - 1)).double()
-    return ids, values.masked_fill(ids == vocab, float("-inf"))
-
-
-def _top_p(logits: Float[torch.Tensor, "batch n"], top_p: float) -> Float[torch.Tensor, "batch n"]:
-    """``logits`` with the tokens outside the nucleus set to ``-inf``: in ascending order, those
-    whose cumulative probability is at most ``1 - top_p`` (the most likely is always kept)."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=False, stable=True)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cum <= 1 - top_p
-    remove[:, -1] = False
-    return logits.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-
-
-def _choose(
-    logits: Float[torch.Tensor, "batch d_vocab"], gens: list, cfg: SamplingConfig
-) -> Int[torch.Tensor, " batch"]:
-    """Each row's next token: the argmax when greedy, else a sample from the row's tempered,
-    top-k and top-p filtered distribution by the Gumbel-max trick, with each row's noise from
-    its stream in ``gens`` (:func:`_noise_streams`).
-
-    A ``torch.Generator`` draws one uniform per vocabulary token and step, whatever the filters
-    keep, so a row's noise depends only on its seed and step. The filters and the Gumbel
-    transform are computed on the tokens top-k keeps only (at most a few dozen of a vocabulary
-    of 50k-260k): the same tokens as filtering the whole vocabulary, up to float ties."""
-    if cfg.greedy:
-        return logits.argmax(dim=-1)
-    vocab = logits.shape[-1]
-    ids = None
-    if 0 < cfg.top_k < vocab:
-        ids, z = _candidates(logits, cfg.top_k)
-    else:
-        z = logits.double()
-    u = _uniforms(gens, vocab, ids, z.device)
-    z = z / cfg.temperature
-    if cfg.top_p < 1.0:
-        z = _top_p(z, cfg.top_p)
-    exp_noise = -torch.log(u.clamp_min(1e-300))  # Exp(1) noise
-    gumbel = -torch.log(exp_noise.clamp_min(1e-300))
-    pick = (z + gumbel.to(z.device)).argmax(dim=-1)
-    return pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
+def _choose(logits: torch.Tensor, gens: list, cfg: SamplingConfig) -> torch.Tensor:
+    """``cfg``'s next-token choice (:func:`hlens.token_choice.choose`), the one place the sampler
+    chooses (``benchmarks/bench_sampling.py`` swaps it for the whole-vocabulary reference)."""
+    return choose(logits, gens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
 
 
 def _forward_kwargs(model) -> tuple[str, bool]:
@@ -767,7 +628,7 @@ def _decode(model, past, logits, attn, pos, seeds, cfg, eos_id, stop_ids, lazy=F
     cache_kw = _forward_kwargs(model)[0]
     prune = hasattr(past, "batch_select_indices")
     n = logits.shape[0]
-    gens = _noise_streams(seeds, cfg)
+    gens = noise_streams(seeds, cfg.noise)
     generated: list[list[int]] = [[] for _ in range(n)]
     finished = [False] * n
     rows = list(range(n))  # the batch row -> output row

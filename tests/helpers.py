@@ -118,7 +118,8 @@ def build_checkpoint(family: str, out: Path, *, seed: int = 0, tokenizer=None, *
     return out
 
 
-def _reference_filter(logits, cfg):
+def reference_filter(logits, cfg):
+    """``cfg``'s temperature, top-k and top-p applied to the whole vocabulary (before #18)."""
     logits = logits / cfg.temperature
     vocab = logits.shape[-1]
     if 0 < cfg.top_k < vocab:
@@ -139,7 +140,7 @@ def reference_choose(logits, gens, cfg):
     ``hlens.sampling._choose`` must equal; ``benchmarks/bench_sampling.py`` times it)."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    logits = _reference_filter(logits.double(), cfg)
+    logits = reference_filter(logits.double(), cfg)
     u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in gens])
     exp_noise = -torch.log(u.clamp_min(1e-300))
     gumbel = -torch.log(exp_noise.clamp_min(1e-300))

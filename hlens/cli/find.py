@@ -21,8 +21,8 @@ from hlens.features import CETTConfig
 from hlens.identify import JUDGES, SPAN_EXTRACTORS, FindConfig, confound_lines, find
 from hlens.identify.config import _f3
 from hlens.prompts import PROMPT_FORMATS
-from hlens.sampling import NOISE
 from hlens.sources import default_dataset, source_sampling
+from hlens.token_choice import NOISE
 
 HELP = "identify H-neurons: sample, judge, balance, CETT, sparse probe"
 
