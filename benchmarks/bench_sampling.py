@@ -206,6 +206,30 @@ class FlopCounter:
         self.flops += 4 * self.attn * b * q * kv
 
 
+def _hlens_flops(model, tok, prompts, ids, cfg) -> tuple[float, list, bool]:
+    """The matmul FLOPs of one untimed sampler run, its responses, and whether it took the fast
+    path. A hook on the model would make the sampler take its hooked path, so the counter goes
+    on the model the sampler actually runs."""
+    real_fast = S._fast_model
+    counters: list[FlopCounter] = []
+
+    def counted(m):
+        run = real_fast(m)
+        counters.append(FlopCounter(run, config_of=model).__enter__())
+        return run
+
+    S._fast_model = counted
+    try:
+        with torch.no_grad():
+            out = sample_responses(model, tok, prompts, ids, cfg, progress=False)
+    finally:
+        S._fast_model = real_fast
+        for c in counters:
+            c.__exit__(None, None, None)
+    fast_path = any(getattr(c.model, "_hlens_kv_heads", None) for c in counters)
+    return sum(c.flops for c in counters), out, fast_path
+
+
 # -- the two arms ---------------------------------------------------------------------------------
 def _generate_hf(model, tok, prompt_ids: list[list[int]], cfg: SamplingConfig) -> list[str]:
     """``model.generate`` on the same left-padded prompts, batch by batch, cut as hlens cuts."""
@@ -267,34 +291,14 @@ def compare(
                     theirs = _generate_hf(model, tok, enc, cfg)
                 hf_t.append(time.perf_counter() - t0)
     hl, hf = statistics.median(hl_t), statistics.median(hf_t)
-    # FLOPs in an untimed run: a hook on the model would make the sampler take its hooked path,
-    # so the counter goes on the model the sampler actually runs
-    real_fast = S._fast_model
-    counters: list[FlopCounter] = []
-
-    def counted(m):
-        run = real_fast(m)
-        counters.append(FlopCounter(run, config_of=model).__enter__())
-        return run
-
-    S._fast_model = counted
-    try:
-        with torch.no_grad():
-            again = [x[0] for x in sample_responses(model, tok, prompts, ids, cfg, progress=False)]
-    finally:
-        S._fast_model = real_fast
-        for c in counters:
-            c.__exit__(None, None, None)
-    fc = counters[0]
-    fc.flops = sum(c.flops for c in counters)
+    flops, again, fast_path = _hlens_flops(model, tok, prompts, ids, cfg)
     with torch.no_grad(), FlopCounter(model) as gc:  # generate's work, also untimed
         _generate_hf(model, tok, enc, cfg)
-    fast_path = any(getattr(c.model, "_hlens_kv_heads", None) for c in counters)
-    assert again == ours
+    assert [x[0] for x in again] == ours
     mismatch = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     c = model.config
     limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
-    achieved = fc.flops / hl
+    achieved = flops / hl
     return {
         "model": name,
         "questions": len(prompts),
@@ -312,10 +316,10 @@ def compare(
         "hlens_path": "fast (plain copy, preallocated KV cache)" if fast_path else "as given",
         "n_mismatch": len(mismatch),
         "mismatch_examples": [[ours[i], theirs[i]] for i in mismatch[:3]],
-        "hlens_gflop": round(fc.flops / 1e9, 2),
+        "hlens_gflop": round(flops / 1e9, 2),
         "generate_gflop": round(gc.flops / 1e9, 2),
         # the speedup that equal FLOP/s would give: what the work hlens skips is worth
-        "work_ratio": round(gc.flops / fc.flops, 3),
+        "work_ratio": round(gc.flops / flops, 3),
         "generate_gflops_per_s": round(gc.flops / hf / 1e9, 2),
         "hlens_gflops_per_s": round(achieved / 1e9, 2),
         "machine": {
@@ -405,6 +409,11 @@ def compare_sampled(
                         S._choose = real_choose
             times[arm].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
+    flops, again, _ = _hlens_flops(model, tok, prompts, ids, cfg)
+    assert again == outs["hlens"]
+    c = model.config
+    limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
+    achieved = flops / med["hlens"]
     return {
         "model": name,
         "questions": len(prompts),
@@ -424,6 +433,15 @@ def compare_sampled(
         "counter_noise_speedup_vs_generate": round(med["generate"] / med["hlens_counter"], 3),
         "equal_to_whole_vocabulary": outs["hlens"] == outs["whole_vocabulary"],
         "hlens_responses_per_s": round(len(prompts) * cfg.n_samples / med["hlens"], 2),
+        "hlens_gflop": round(flops / 1e9, 2),
+        "hlens_gflops_per_s": round(achieved / 1e9, 2),
+        "machine": {
+            "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
+            "gemm_unembed_gflops_per_s": round(limits["gemm_unembed_flops"] / 1e9, 2),
+            "copy_gbytes_per_s": round(limits["copy_bandwidth_bytes_per_s"] / 1e9, 2),
+        },
+        "fraction_of_gemm_mlp": round(achieved / limits["gemm_mlp_flops"], 5),
+        "fraction_of_gemm_unembed": round(achieved / limits["gemm_unembed_flops"], 5),
     }
 
 
