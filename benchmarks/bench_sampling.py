@@ -230,31 +230,51 @@ def _hlens_flops(model, tok, prompts, ids, cfg) -> tuple[float, list, bool]:
     return sum(c.flops for c in counters), out, fast_path
 
 
+def _against_limits(model, cfg: SamplingConfig, achieved: float) -> dict[str, Any]:
+    """The machine's limits at the model's decoding shapes, and ``achieved`` FLOP/s as fractions
+    of its GEMM throughput."""
+    c = model.config
+    limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
+    return {
+        "machine": {
+            "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
+            "gemm_unembed_gflops_per_s": round(limits["gemm_unembed_flops"] / 1e9, 2),
+            "copy_gbytes_per_s": round(limits["copy_bandwidth_bytes_per_s"] / 1e9, 2),
+        },
+        "fraction_of_gemm_mlp": round(achieved / limits["gemm_mlp_flops"], 5),
+        "fraction_of_gemm_unembed": round(achieved / limits["gemm_unembed_flops"], 5),
+    }
+
+
 # -- the two arms ---------------------------------------------------------------------------------
+def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> tuple[Any, dict]:
+    """``model.generate``'s inputs for ``chunk``: the left-padded ids, and the keyword arguments
+    every arm passes (mask, length, EOS, padding, the newline stop)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(map(len, chunk))
+    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(chunk):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        attn[i, width - len(p) :] = 1
+    kw: dict[str, Any] = dict(
+        input_ids=ids,
+        attention_mask=attn,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=pad,
+    )
+    if cfg.stop_at_newline:
+        kw.update(stop_strings=["\n"], tokenizer=tok)
+    return ids, kw
+
+
 def _generate_hf(model, tok, prompt_ids: list[list[int]], cfg: SamplingConfig) -> list[str]:
     """``model.generate`` on the same left-padded prompts, batch by batch, cut as hlens cuts."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     texts: list[str] = []
     for s in range(0, len(prompt_ids), cfg.batch_size):
-        chunk = prompt_ids[s : s + cfg.batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            attn[i, width - len(p) :] = 1
-        kw: dict[str, Any] = {}
-        if cfg.stop_at_newline:
-            kw = dict(stop_strings=["\n"], tokenizer=tok)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=attn,
-            do_sample=False,
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=pad,
-            **kw,
-        )[:, width:]
+        ids, kw = _generate_inputs(tok, prompt_ids[s : s + cfg.batch_size], cfg)
+        out = model.generate(**kw, do_sample=False)[:, ids.shape[1] :]
         for row in out.tolist():
             row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
             text = tok.decode(row, skip_special_tokens=True)
@@ -296,8 +316,6 @@ def compare(
         _generate_hf(model, tok, enc, cfg)
     assert [x[0] for x in again] == ours
     mismatch = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
-    c = model.config
-    limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
     achieved = flops / hl
     return {
         "model": name,
@@ -322,13 +340,7 @@ def compare(
         "work_ratio": round(gc.flops / flops, 3),
         "generate_gflops_per_s": round(gc.flops / hf / 1e9, 2),
         "hlens_gflops_per_s": round(achieved / 1e9, 2),
-        "machine": {
-            "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
-            "gemm_unembed_gflops_per_s": round(limits["gemm_unembed_flops"] / 1e9, 2),
-            "copy_gbytes_per_s": round(limits["copy_bandwidth_bytes_per_s"] / 1e9, 2),
-        },
-        "fraction_of_gemm_mlp": round(achieved / limits["gemm_mlp_flops"], 5),
-        "fraction_of_gemm_unembed": round(achieved / limits["gemm_unembed_flops"], 5),
+        **_against_limits(model, cfg, achieved),
         "target_speedup": 2.0,
     }
 
@@ -337,32 +349,17 @@ def _generate_hf_sampled(model, tok, prompt_ids: list[list[int]], cfg: SamplingC
     """``model.generate`` sampling ``cfg.n_samples`` responses per prompt (``do_sample``, the same
     temperature, top-k and top-p, ``num_return_sequences``) in batches of ``cfg.batch_size``
     rows; returns the number of responses."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     per = max(1, cfg.batch_size // cfg.n_samples)
     n = 0
     for s in range(0, len(prompt_ids), per):
-        chunk = prompt_ids[s : s + per]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            attn[i, width - len(p) :] = 1
-        kw: dict[str, Any] = {}
-        if cfg.stop_at_newline:
-            kw = dict(stop_strings=["\n"], tokenizer=tok)
+        _, kw = _generate_inputs(tok, prompt_ids[s : s + per], cfg)
         out = model.generate(
-            input_ids=ids,
-            attention_mask=attn,
+            **kw,
             do_sample=True,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
             top_p=cfg.top_p,
             num_return_sequences=cfg.n_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=pad,
-            **kw,
         )
         n += out.shape[0]
     return n
@@ -411,8 +408,6 @@ def compare_sampled(
     med = {k: statistics.median(v) for k, v in times.items()}
     flops, again, _ = _hlens_flops(model, tok, prompts, ids, cfg)
     assert again == outs["hlens"]
-    c = model.config
-    limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
     achieved = flops / med["hlens"]
     return {
         "model": name,
@@ -435,13 +430,7 @@ def compare_sampled(
         "hlens_responses_per_s": round(len(prompts) * cfg.n_samples / med["hlens"], 2),
         "hlens_gflop": round(flops / 1e9, 2),
         "hlens_gflops_per_s": round(achieved / 1e9, 2),
-        "machine": {
-            "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
-            "gemm_unembed_gflops_per_s": round(limits["gemm_unembed_flops"] / 1e9, 2),
-            "copy_gbytes_per_s": round(limits["copy_bandwidth_bytes_per_s"] / 1e9, 2),
-        },
-        "fraction_of_gemm_mlp": round(achieved / limits["gemm_mlp_flops"], 5),
-        "fraction_of_gemm_unembed": round(achieved / limits["gemm_unembed_flops"], 5),
+        **_against_limits(model, cfg, achieved),
     }
 
 
