@@ -111,9 +111,22 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def process_peak_rss() -> int:
+    """This process's resident-set peak since it started, model load included (bytes).
+
+    ``getrusage``'s ``ru_maxrss`` would not do: Linux carries it across ``fork`` and ``execve``,
+    so a worker started by a large benchmark process reports its parent's peak. ``VmHWM`` is
+    the process's own, but :class:`PeakMemory` resets it; the peaks it saw before each reset are
+    kept in :attr:`PeakMemory.process_peak`."""
+    return max(PeakMemory.process_peak, PeakMemory._rss("VmHWM"))
+
+
 class PeakMemory:
     """Peak memory above the level at entry: process RSS on CPU (VmHWM, reset through
     ``/proc/self/clear_refs``), allocated bytes on CUDA."""
+
+    #: the highest VmHWM seen before a reset (see :func:`process_peak_rss`)
+    process_peak = 0
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -132,6 +145,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
+            PeakMemory.process_peak = max(PeakMemory.process_peak, self._rss("VmHWM"))
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             self.start = self._rss("VmRSS")
         return self

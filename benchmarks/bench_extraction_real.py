@@ -25,8 +25,10 @@ the bandwidth as a fraction of its time.
 Examples: the first bundled TriviaQA questions answered with their first gold alias (answer-only
 responses). Each side runs in its own process, once timed (default allocator) and once for memory
 (glibc's mmap threshold fixed, ``bench_cett.MEMORY_ENV``): the peak is the resident-set peak
-above the loaded model (VmHWM, as ``bench_cett``), and ``process_maxrss_mb`` is the process's
-whole ``getrusage`` peak (model load included). Features must agree to 1e-5 normwise.
+above the loaded model (VmHWM, as ``bench_cett``), and ``process_maxrss_mb`` is the worker
+process's whole resident-set peak, model load included (``_common.process_peak_rss``; before
+#18's last run it was ``getrusage``'s, which Linux carries over from the parent process).
+Features must agree to 1e-5 normwise.
 Targets (#18): throughput >= 3x, peak memory <= 0.5x.
 
 Run: ``python -m benchmarks.bench_extraction_real [--n 64] [--only smollm2 gemma3]`` or
@@ -38,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,9 @@ def _worker(args: argparse.Namespace) -> None:
         finally:
             hlens.load, HF.extract_features = real_load, real_extract
         res["calls_after_last_layer"] = calls
-    res["process_maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from benchmarks._common import process_peak_rss
+
+    res["process_maxrss_bytes"] = process_peak_rss()
     save_file({r: t.contiguous() for r, t in res.pop("features").items()}, args.out + ".st")
     Path(args.out + ".json").write_text(json.dumps(res))
 
