@@ -10,9 +10,10 @@ sample index)`` by :func:`hlens.sampling.row_seed`:
   on the logits' device for the tokens top-k keeps only (nothing is drawn on the CPU, and the
   values are the same on every device; other samples than ``"mt19937"``'s).
 
-Temperature, top-p and the Gumbel transform are computed on the tokens top-k keeps (at most a few
-dozen of a vocabulary of 50k-260k). The choice equals that of filtering and noising the whole
-vocabulary (``tests.helpers.reference_choose``), up to float ties.
+Temperature, top-p and the Gumbel transform are computed on the tokens top-k keeps (``top_k`` of
+them, 50 by default, plus any tied with the last, of a vocabulary of 50k-260k). The choice
+equals that of filtering and noising the whole vocabulary (``tests.helpers.reference_choose``),
+up to float ties.
 
 Example:
     >>> import torch
