@@ -176,9 +176,10 @@ class FindConfig:
         d = rename_keys(d, {"mode": "contrast"}, "FindConfig", warn=warn)
         if isinstance(d.get("cett"), dict):
             d["cett"] = CETTConfig.upgrade_dict(d["cett"], warn=warn)
-        if isinstance(d.get("sampling"), dict) and "noise" not in d["sampling"]:
-            # written before SamplingConfig.noise existed: sampled with the generators
-            d["sampling"] = {**d["sampling"], "noise": "mt19937"}
+        if isinstance(d.get("sampling"), dict):
+            # a field SamplingConfig gained since the file was written takes its default, as
+            # SamplingConfig.from_dict reads it (``noise``: the generators it was sampled with)
+            d["sampling"] = {**SamplingConfig().to_dict(), **d["sampling"]}
         return d
 
     @classmethod
