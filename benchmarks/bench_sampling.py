@@ -247,9 +247,9 @@ def _against_limits(model, cfg: SamplingConfig, achieved: float) -> dict[str, An
 
 
 # -- the two arms ---------------------------------------------------------------------------------
-def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> tuple[Any, dict]:
-    """``model.generate``'s inputs for ``chunk``: the left-padded ids, and the keyword arguments
-    every arm passes (mask, length, EOS, padding, the newline stop)."""
+def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> dict[str, Any]:
+    """``model.generate``'s keyword arguments for ``chunk`` that every arm passes: the
+    left-padded ids, mask, length, EOS, padding and the newline stop."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width = max(map(len, chunk))
     ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -266,15 +266,15 @@ def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> tuple[
     )
     if cfg.stop_at_newline:
         kw.update(stop_strings=["\n"], tokenizer=tok)
-    return ids, kw
+    return kw
 
 
 def _generate_hf(model, tok, prompt_ids: list[list[int]], cfg: SamplingConfig) -> list[str]:
     """``model.generate`` on the same left-padded prompts, batch by batch, cut as hlens cuts."""
     texts: list[str] = []
     for s in range(0, len(prompt_ids), cfg.batch_size):
-        ids, kw = _generate_inputs(tok, prompt_ids[s : s + cfg.batch_size], cfg)
-        out = model.generate(**kw, do_sample=False)[:, ids.shape[1] :]
+        kw = _generate_inputs(tok, prompt_ids[s : s + cfg.batch_size], cfg)
+        out = model.generate(**kw, do_sample=False)[:, kw["input_ids"].shape[1] :]
         for row in out.tolist():
             row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
             text = tok.decode(row, skip_special_tokens=True)
@@ -352,9 +352,8 @@ def _generate_hf_sampled(model, tok, prompt_ids: list[list[int]], cfg: SamplingC
     per = max(1, cfg.batch_size // cfg.n_samples)
     n = 0
     for s in range(0, len(prompt_ids), per):
-        _, kw = _generate_inputs(tok, prompt_ids[s : s + per], cfg)
         out = model.generate(
-            **kw,
+            **_generate_inputs(tok, prompt_ids[s : s + per], cfg),
             do_sample=True,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
