@@ -58,6 +58,20 @@ def test_choose_filters_only_top_k_s_tokens_with_the_same_result(vocab):
         )
 
 
+def test_greedy_choice_is_argmax_with_its_ties_and_nans():
+    """Greedy takes ``max(dim=-1).indices`` (faster than ``argmax``): the same index, the first of
+    tied maxima, a NaN's when a row has one, on integer-valued logits full of ties."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        logits = torch.randint(-3, 3, (5, 1 + trial), generator=g).float()
+        if trial % 3 == 0:
+            logits[torch.rand(logits.shape, generator=g) < 0.05] = float("nan")
+        if trial % 5 == 0:
+            logits[torch.rand(logits.shape, generator=g) < 0.3] = float("-inf")
+        got = T.choose(logits, [], temperature=0.0, top_k=50, top_p=0.9)
+        assert torch.equal(got, logits.argmax(dim=-1)), logits
+
+
 def _splitmix64(x: int) -> int:
     """SplitMix64's finalizer in Python integers (the specification of ``_mix64``)."""
     m = (1 << 64) - 1
