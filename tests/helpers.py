@@ -144,4 +144,4 @@ def reference_choose(logits, gens, cfg):
     u = torch.stack([torch.rand(logits.shape[-1], generator=g, dtype=torch.float64) for g in gens])
     exp_noise = -torch.log(u.clamp_min(1e-300))
     gumbel = -torch.log(exp_noise.clamp_min(1e-300))
-    return (logits + gumbel).argmax(dim=-1)
+    return (logits + gumbel.to(logits.device)).argmax(dim=-1)  # drawn on the CPU
