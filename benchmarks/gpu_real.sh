@@ -56,8 +56,9 @@ sys.exit(bool(missing_packages(get_known('${NAME[$m]}'))))" >>"$L" 2>&1; then
   for step in $STEPS; do
     case $step in
       bench)
-        timed "$m bench_sampling" "$BENCH_TIMEOUT" python3 -m benchmarks.bench_sampling --full --only "$m" \
-          --device "$DEVICE" --out "$OUT/sampling_$m"
+        timed "$m bench_sampling" "$BENCH_TIMEOUT" \
+          python3 -m benchmarks.bench_sampling --full --only "$m" --device "$DEVICE" \
+          --out "$OUT/sampling_$m"
         ;;
       find)
         extra=()
