@@ -31,7 +31,8 @@ process's whole resident-set peak, model load included (``_common.process_peak_r
 Features must agree to 1e-5 normwise.
 Targets (#18): throughput >= 3x, peak memory <= 0.5x.
 
-Run: ``python -m benchmarks.bench_extraction_real [--n 64] [--only smollm2 gemma3]`` or
+Run: ``python -m benchmarks.bench_extraction_real [--n 64] [--only smollm2 gemma3] [--device
+cuda]`` or
 ``python -m benchmarks.run --only extraction_real``.
 """
 
@@ -87,7 +88,7 @@ def _worker(args: argparse.Namespace) -> None:
     exs = examples(args.n)
     calls = {"unembed": 0, "final_norm": 0}
     if args.worker == "official":
-        res = B._official(Path(args.ckpt), exs, "cpu", torch.float32)
+        res = B._official(Path(args.ckpt), exs, args.device, torch.float32)
     else:
         import hlens
 
@@ -123,7 +124,7 @@ def _worker(args: argparse.Namespace) -> None:
 
         hlens.load, HF.extract_features = load, extract
         try:
-            res = B._hlens(Path(args.ckpt), exs, "cpu", torch.float32, args.batch)
+            res = B._hlens(Path(args.ckpt), exs, args.device, torch.float32, args.batch)
         finally:
             hlens.load, HF.extract_features = real_load, real_extract
         res["calls_after_last_layer"] = calls
@@ -166,22 +167,28 @@ def _work(cfg: dict, rows: list[tuple[int, int]], unembed: bool) -> float:
     return flops
 
 
-def _gemm_rate(m: int, shapes: list[tuple[str, int, int, int]], reps: int = 5) -> dict[str, float]:
+def _gemm_rate(
+    m: int, shapes: list[tuple[str, int, int, int]], reps: int = 5, device: str = "cpu"
+) -> dict[str, float]:
     """fp32 ``F.linear`` GFLOP/s of an ``[m, d_in]`` input at each ``(name, d_in, d_out,
-    count)`` weight shape (best of ``reps``), and ``all``: the rate of a forward pass that runs
-    each shape ``count`` times (their times summed)."""
+    count)`` weight shape (best of ``reps``) on ``device``, and ``all``: the rate of a forward
+    pass that runs each shape ``count`` times (their times summed)."""
     import time
+
+    from benchmarks.bench_sampling import _sync
 
     out: dict[str, float] = {}
     total_f = total_t = 0.0
     for name, i, o, count in shapes:
-        x, w = torch.randn(m, i), torch.randn(o, i)
+        x, w = torch.randn(m, i, device=device), torch.randn(o, i, device=device)
         n = max(1, int(2e9 / (2 * m * i * o)))  # about 2 GFLOP a timing
         best = float("inf")
         for _ in range(reps):
+            _sync(device)
             t0 = time.perf_counter()
             for _ in range(n):
                 torch.nn.functional.linear(x, w)
+            _sync(device)
             best = min(best, (time.perf_counter() - t0) / n)
         out[name] = round(2 * m * i * o / best / 1e9, 1)
         total_f, total_t = total_f + count * 2 * m * i * o, total_t + count * best
@@ -189,16 +196,21 @@ def _gemm_rate(m: int, shapes: list[tuple[str, int, int, int]], reps: int = 5) -
     return out
 
 
-def _bandwidth(mb: int = 512, reps: int = 5) -> float:
-    """Memory bandwidth (GB/s, read + write) of one ``copy_`` of ``mb`` MiB, best of ``reps``."""
+def _bandwidth(mb: int = 512, reps: int = 5, device: str = "cpu") -> float:
+    """Memory bandwidth (GB/s, read + write) of one ``copy_`` of ``mb`` MiB on ``device``, best
+    of ``reps``."""
     import time
 
-    src = torch.ones(mb * 2**20 // 4)
+    from benchmarks.bench_sampling import _sync
+
+    src = torch.ones(mb * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(reps):
+        _sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
+        _sync(device)
         best = min(best, time.perf_counter() - t0)
     return round(2 * src.numel() * 4 / best / 1e9, 2)
 
@@ -244,9 +256,13 @@ def _limits_worker(args: argparse.Namespace) -> None:
     m_hl = round(sum(q for q, _ in hl) / len(hl)) * args.batch
     res = {
         "threads": torch.get_num_threads(),
-        "gemm_gflops_official_shapes": {"m": m_off, **_gemm_rate(m_off, [*blk, (*head, 1)])},
-        "gemm_gflops_hlens_shapes": {"m": m_hl, **_gemm_rate(m_hl, blk)},
-        "memory_bandwidth_gb_s": _bandwidth(),
+        "device": args.device,
+        "gemm_gflops_official_shapes": {
+            "m": m_off,
+            **_gemm_rate(m_off, [*blk, (*head, 1)], device=args.device),
+        },
+        "gemm_gflops_hlens_shapes": {"m": m_hl, **_gemm_rate(m_hl, blk, device=args.device)},
+        "memory_bandwidth_gb_s": _bandwidth(device=args.device),
         "flops": {
             "official": _work(cfg, rows["official"], unembed=True),
             "hlens": _work(cfg, rows["hlens"], unembed=False),
@@ -261,7 +277,9 @@ def _limits_worker(args: argparse.Namespace) -> None:
     Path(args.out + ".json").write_text(json.dumps(res))
 
 
-def _launch(who: str, ckpt: Path, n: int, batch: int, out: Path, memory: bool) -> dict:
+def _launch(
+    who: str, ckpt: Path, n: int, batch: int, out: Path, memory: bool, device: str = "cpu"
+) -> dict:
     from safetensors.torch import load_file
 
     from benchmarks.bench_cett import MEMORY_ENV
@@ -269,6 +287,7 @@ def _launch(who: str, ckpt: Path, n: int, batch: int, out: Path, memory: bool) -
     env = {**os.environ, **(MEMORY_ENV if memory else {})}
     cmd = [sys.executable, "-m", "benchmarks.bench_extraction_real", "--worker", who]
     cmd += ["--ckpt", str(ckpt), "--n", str(n), "--batch", str(batch), "--out", str(out)]
+    cmd += ["--device", device]
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     res = json.loads(Path(f"{out}.json").read_text())
     if who != "limits":
@@ -276,26 +295,28 @@ def _launch(who: str, ckpt: Path, n: int, batch: int, out: Path, memory: bool) -
     return res
 
 
-def compare(ckpt: Path, n: int, batch: int, sweep: tuple[int, ...] = ()) -> dict[str, Any]:
+def compare(
+    ckpt: Path, n: int, batch: int, sweep: tuple[int, ...] = (), device: str = "cpu"
+) -> dict[str, Any]:
     """Both approaches on ``n`` examples, hlens at batch ``batch`` (the headline) and at the
     batch sizes of ``sweep`` (throughput and peak memory, each against the same official runs),
-    with the machine's limits at the shapes that occur and each side's fraction of them."""
+    with the machine's limits at the shapes that occur and each side's fraction of them; every
+    worker runs on ``device``."""
     from benchmarks.bench_cett import _normwise
 
     with tempfile.TemporaryDirectory() as tmp:
-        t = {w: _launch(w, ckpt, n, batch, Path(tmp) / w, False) for w in ("official", "hlens")}
-        m = {
-            w: _launch(w, ckpt, n, batch, Path(tmp) / f"{w}m", True) for w in ("official", "hlens")
-        }
+
+        def go(who: str, b: int, name: str, memory: bool) -> dict:
+            return _launch(who, ckpt, n, b, Path(tmp) / name, memory, device)
+
+        t = {w: go(w, batch, w, False) for w in ("official", "hlens")}
+        m = {w: go(w, batch, f"{w}m", True) for w in ("official", "hlens")}
         swept = {
-            b: (
-                _launch("hlens", ckpt, n, b, Path(tmp) / f"h{b}", False),
-                _launch("hlens", ckpt, n, b, Path(tmp) / f"h{b}m", True),
-            )
+            b: (go("hlens", b, f"h{b}", False), go("hlens", b, f"h{b}m", True))
             for b in sweep
             if b != batch
         }
-        lim = _launch("limits", ckpt, n, batch, Path(tmp) / "limits", False)
+        lim = go("limits", batch, "limits", False)
     err = max(_normwise(t["hlens"]["features"][r], t["official"]["features"][r]) for r in REGIONS)
     tps = {w: t[w]["tokens"] / t[w]["seconds"] for w in t}
 
@@ -361,7 +382,12 @@ def compare(ckpt: Path, n: int, batch: int, sweep: tuple[int, ...] = ()) -> dict
     }
 
 
-def run(quick: bool = True, only: tuple[str, ...] | None = None, n: int | None = None) -> dict:
+def run(
+    quick: bool = True,
+    only: tuple[str, ...] | None = None,
+    n: int | None = None,
+    device: str = "cpu",
+) -> dict:
     n = n or (8 if quick else 64)
     res: dict[str, Any] = {}
     for key, name in MODELS.items():
@@ -372,7 +398,7 @@ def run(quick: bool = True, only: tuple[str, ...] | None = None, n: int | None =
             res[key] = {"skipped": f"{name} is not installed (see `hlens models`)"}
             continue
         batch = 4 if quick else BATCH
-        res[key] = {"model": name, **compare(ckpt, n, batch, () if quick else SWEEP)}
+        res[key] = {"model": name, **compare(ckpt, n, batch, () if quick else SWEEP, device)}
     return res
 
 
@@ -384,10 +410,12 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--out")
     p.add_argument("--only", nargs="+", choices=sorted(MODELS))
+    p.add_argument("--device", default="cpu", help="where every worker runs (cpu)")
     a = p.parse_args()
     if a.worker == "limits":
         _limits_worker(a)
     elif a.worker:
         _worker(a)
     else:
-        print(json.dumps(run(quick=False, only=tuple(a.only) if a.only else None, n=a.n), indent=1))
+        only = tuple(a.only) if a.only else None
+        print(json.dumps(run(quick=False, only=only, n=a.n, device=a.device), indent=1))

@@ -1,26 +1,29 @@
 #!/bin/bash
-# The real models on a GPU machine without network: the sampling benchmark on CUDA, then hlens
-# find in the paper's setting (3,500 TriviaQA questions, 10 samples, T = 1.0: find's defaults)
-# with wall times.
+# The real models on a GPU machine without network: the sampling and extraction benchmarks on
+# CUDA, hlens find in the paper's setting (3,500 TriviaQA questions, 10 samples, T = 1.0: find's
+# defaults) with wall times, and the probe benchmark on find's run.
 #
 # The wheels come in pieces (benchmarks/gpu_stage.py: `pack` here, then one `receive` per device
 # call); run this in the call that carries the last piece, from the repository root:
 #   python3 benchmarks/gpu_stage.py receive .gl/stage/NN && bash benchmarks/gpu_real.sh
 # MODELS (default "smollm2 gemma3") picks the models: those whose wheels are not all received
-# are skipped and logged. STEPS (default "bench find") picks the steps. LIMIT, if set, is passed
-# to find as --limit (a short check). A device call runs at most 600 s: BENCH_TIMEOUT (240) and
-# FIND_TIMEOUT (480) bound each step, and an interrupted find resumes from $RUN in the next call
-# while the machine is warm. Summaries, timings and a log go to $OUT.
+# are skipped and logged. STEPS (default "bench extract find probe") picks the steps. LIMIT, if
+# set, is passed to find as --limit (a short check). A device call runs at most 600 s: each step
+# has its bound (BENCH_TIMEOUT 240, EXTRACT_TIMEOUT 300, FIND_TIMEOUT 480, PROBE_TIMEOUT 120), and
+# an interrupted find resumes from $RUN in the next call while the machine is warm. Summaries,
+# timings and a log go to $OUT (the device tool's $OUT, so that they come back).
 set -u
 OUT="${OUT:-/tmp/gpu_real}"
 DEVICE="${DEVICE:-cuda}"
 MODELS="${MODELS:-smollm2 gemma3}"
-STEPS="${STEPS:-bench find}"
+STEPS="${STEPS:-bench extract find probe}"
 STAGED="${STAGED:-/tmp/hlens_stage}"
 SITE="${SITE:-/tmp/hlens_site}"
 RUN="${RUN:-/tmp/gpu_real_run}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-240}"
 FIND_TIMEOUT="${FIND_TIMEOUT:-480}"
+EXTRACT_TIMEOUT="${EXTRACT_TIMEOUT:-300}"
+PROBE_TIMEOUT="${PROBE_TIMEOUT:-120}"
 mkdir -p "$OUT" "$RUN"
 L="$OUT/log.txt"
 : >"$L"
@@ -59,6 +62,14 @@ sys.exit(bool(missing_packages(get_known('${NAME[$m]}'))))" >>"$L" 2>&1; then
         timed "$m bench_sampling" "$BENCH_TIMEOUT" \
           python3 -m benchmarks.bench_sampling --full --only "$m" --device "$DEVICE" \
           --out "$OUT/sampling_$m"
+        ;;
+      extract)
+        timed "$m bench_extraction_real" "$EXTRACT_TIMEOUT" bash -c "python3 -m \
+          benchmarks.bench_extraction_real --only $m --device $DEVICE >'$OUT/extraction_$m.json'"
+        ;;
+      probe)
+        timed "$m bench_probe_real (on find's run)" "$PROBE_TIMEOUT" bash -c "HLENS_BENCH_RUN=\
+'$RUN/$m' python3 -m benchmarks.bench_probe_real >'$OUT/probe_$m.json'"
         ;;
       find)
         extra=()
