@@ -1,7 +1,7 @@
 #!/bin/bash
 # The real models on a GPU machine without network: the sampling and extraction benchmarks on
-# CUDA, hlens find in the paper's setting (3,500 TriviaQA questions, 10 samples, T = 1.0: find's
-# defaults) with wall times, and the probe benchmark on find's run.
+# CUDA, hlens find in the paper's setting (3,500 TriviaQA questions, 10 samples at T = 1.0, not
+# the known models' greedy defaults) with wall times, and the probe benchmark on find's run.
 #
 # The wheels come in pieces (benchmarks/gpu_stage.py: `pack` here, then one `receive` per device
 # call); run this in the call that carries the last piece, from the repository root:
@@ -77,7 +77,8 @@ sys.exit(bool(missing_packages(get_known('${NAME[$m]}'))))" >>"$L" 2>&1; then
         timed "$m find (${LIMIT:-3,500} questions, 10 samples, T=1.0; --noise counter)" \
           "$FIND_TIMEOUT" \
           python3 -m hlens.cli find --model "${NAME[$m]}" --out "$RUN/$m" --device "$DEVICE" \
-          --noise counter --sample-batch-size "${BATCH[$m]}" --no-progress "${extra[@]}"
+          --n-samples 10 --temperature 1.0 --noise counter --sample-batch-size "${BATCH[$m]}" \
+          --no-progress "${extra[@]}"
         cp "$RUN/$m/summary.json" "$OUT/find_${m}_summary.json" 2>/dev/null
         ;;
     esac
