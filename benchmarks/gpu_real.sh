@@ -27,9 +27,15 @@ PROBE_TIMEOUT="${PROBE_TIMEOUT:-120}"
 mkdir -p "$OUT" "$RUN"
 L="$OUT/log.txt"
 : >"$L"
+# install what was received, once per set of wheels (a later call in the same warm machine
+# finds the stamp and skips the 330 MB)
 if ls "$STAGED"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$SITE" "$STAGED"/*.whl >>"$L" 2>&1 || { tail -20 "$L"; exit 1; }
+  wheels=$(ls "$STAGED"/*.whl)
+  if [ "$wheels" != "$(cat "$SITE/.hlens_installed" 2>/dev/null)" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" "$STAGED"/*.whl >>"$L" 2>&1 || { tail -20 "$L"; exit 1; }
+    echo "$wheels" >"$SITE/.hlens_installed"
+  fi
 fi
 export PYTHONPATH="$PWD:$SITE:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 python3 -c "import torch, transformers, transformer_lens, gguf, hlens; print(torch.__version__, \
