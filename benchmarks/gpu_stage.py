@@ -131,6 +131,11 @@ def receive(piece: Path, received: Path = RECEIVED, manifest_path: Path | None =
     """Copy a piece's parts into ``received``, join every file whose parts are all there (size
     and SHA-256 checked; its parts are then removed), and return :func:`status`."""
     manifest_path = manifest_path or piece.parent / "manifest.json"
+    if not piece.is_dir() or not manifest_path.is_file():
+        raise SystemExit(
+            f"gpu_stage receive: got {piece} (manifest {manifest_path}); expected a piece folder "
+            "written by `pack`, e.g. .gl/stage/00, with manifest.json beside it (carry both)"
+        )
     manifest = json.loads(manifest_path.read_text())
     received.mkdir(parents=True, exist_ok=True)
     shutil.copy2(manifest_path, received / "manifest.json")

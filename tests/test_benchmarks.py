@@ -79,3 +79,5 @@ def test_gpu_stage_splits_and_joins_files_piece_by_piece(tmp_path):
     with pytest.raises(SystemExit, match="d.whl: joined parts do not match the manifest"):
         G.receive(stage / "04", bad)
     assert not (bad / "d.whl").exists()
+    with pytest.raises(SystemExit, match="expected a piece folder written by `pack`"):
+        G.receive(stage / "99", bad)
