@@ -111,6 +111,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def sync(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work: CUDA runs asynchronously, and timings must not."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def process_peak_rss() -> int:
     """This process's resident-set peak since it started, model load included (bytes).
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._common import PeakMemory, qa_examples, random_llama
+from benchmarks._common import PeakMemory, qa_examples, random_llama, sync
 
 SHAPES = {
     # the bundled organism on its own questions: the model hlens find runs on CPU
@@ -107,14 +107,14 @@ def _official(ckpt: Path, examples: list, device: str, dtype: torch.dtype) -> di
     with tempfile.TemporaryDirectory() as tmp:
         with PeakMemory(device) as warm:
             one(examples[0])  # warm-up
-            _sync(device)
+            sync(device)
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
             for i, ex in enumerate(examples):  # one file per example, as the official script
                 f, t = one(ex)
                 n_tokens += t
                 np.save(f"{tmp}/{i}.npy", torch.stack([f[r] for r in REGIONS]).numpy())
-            _sync(device)
+            sync(device)
             seconds = time.perf_counter() - t0
         saved = torch.stack(
             [torch.from_numpy(np.load(f"{tmp}/{i}.npy")) for i in range(len(examples))]
@@ -142,11 +142,11 @@ def _hlens(
     with tempfile.TemporaryDirectory() as tmp:
         with PeakMemory(device) as warm:
             extract_features(model, examples[:batch], Path(tmp) / "warm", cfg, progress=False)
-            _sync(device)
+            sync(device)
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
             store = extract_features(model, examples, Path(tmp) / "f", cfg, progress=False)
-            _sync(device)
+            sync(device)
             seconds = time.perf_counter() - t0
         feats = {r: store.load(r) for r in REGIONS}
     return {"seconds": seconds, "tokens": n_tokens, **_peaks(warm, mem), "features": feats}
@@ -159,11 +159,6 @@ def _peaks(warm: PeakMemory, run: PeakMemory) -> dict[str, int]:
         "peak_bytes": max(warm.peak_bytes, run.start - warm.start + run.peak_bytes),
         "steady_peak_bytes": run.peak_bytes,
     }
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def organism_examples(n: int) -> list:

@@ -175,7 +175,7 @@ def _gemm_rate(
     pass that runs each shape ``count`` times (their times summed)."""
     import time
 
-    from benchmarks.bench_sampling import _sync
+    from benchmarks._common import sync
 
     out: dict[str, float] = {}
     total_f = total_t = 0.0
@@ -184,11 +184,11 @@ def _gemm_rate(
         n = max(1, int(2e9 / (2 * m * i * o)))  # about 2 GFLOP a timing
         best = float("inf")
         for _ in range(reps):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(n):
                 torch.nn.functional.linear(x, w)
-            _sync(device)
+            sync(device)
             best = min(best, (time.perf_counter() - t0) / n)
         out[name] = round(2 * m * i * o / best / 1e9, 1)
         total_f, total_t = total_f + count * 2 * m * i * o, total_t + count * best
@@ -201,16 +201,16 @@ def _bandwidth(mb: int = 512, reps: int = 5, device: str = "cpu") -> float:
     of ``reps``."""
     import time
 
-    from benchmarks.bench_sampling import _sync
+    from benchmarks._common import sync
 
     src = torch.ones(mb * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return round(2 * src.numel() * 4 / best / 1e9, 2)
 

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 import hlens.sampling as S
+from benchmarks._common import sync
 from hlens.sampling import SamplingConfig, sample_responses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,20 +145,14 @@ def _gemma3(tmp: Path):
 
 
 # -- the machine's limit --------------------------------------------------------------------------
-def _sync(device: torch.device | str) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; timings must not)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best_time(fn, repeats: int = 5, device: torch.device | str = "cpu") -> float:
     fn()
     ts = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         ts.append(time.perf_counter() - t0)
     return min(ts)
 
@@ -419,7 +414,7 @@ def compare_sampled(
                         outs[arm] = sample_responses(model, tok, prompts, ids, c, progress=False)
                     finally:
                         S._choose = real_choose
-            _sync(model.device)  # generate's last step may still be queued
+            sync(model.device)  # generate's last step may still be queued
             times[arm].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     flops, again, _ = _hlens_flops(model, tok, prompts, ids, cfg)

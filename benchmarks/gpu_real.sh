@@ -24,6 +24,7 @@ BENCH_TIMEOUT="${BENCH_TIMEOUT:-240}"
 FIND_TIMEOUT="${FIND_TIMEOUT:-480}"
 EXTRACT_TIMEOUT="${EXTRACT_TIMEOUT:-300}"
 PROBE_TIMEOUT="${PROBE_TIMEOUT:-120}"
+SAMPLE_BATCH="${SAMPLE_BATCH:-640}"  # find's --sample-batch-size (sequences a batch)
 mkdir -p "$OUT" "$RUN"
 L="$OUT/log.txt"
 : >"$L"
@@ -43,7 +44,6 @@ transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_availabl
   >>"$L" 2>&1 || { tail -20 "$L"; exit 1; }
 
 declare -A NAME=([smollm2]=smollm2-135m-instruct [gemma3]=gemma-3-270m)
-declare -A BATCH=([smollm2]=640 [gemma3]=640)
 
 timed() {  # timed LABEL TIMEOUT CMD...: run CMD, log its exit status and wall time
   local label=$1 limit=$2 t0 rc ms
@@ -83,7 +83,7 @@ sys.exit(bool(missing_packages(get_known('${NAME[$m]}'))))" >>"$L" 2>&1; then
         timed "$m find (${LIMIT:-3,500} questions, 10 samples, T=1.0; --noise counter)" \
           "$FIND_TIMEOUT" \
           python3 -m hlens.cli find --model "${NAME[$m]}" --out "$RUN/$m" --device "$DEVICE" \
-          --n-samples 10 --temperature 1.0 --noise counter --sample-batch-size "${BATCH[$m]}" \
+          --n-samples 10 --temperature 1.0 --noise counter --sample-batch-size "$SAMPLE_BATCH" \
           --no-progress "${extra[@]}"
         cp "$RUN/$m/summary.json" "$OUT/find_${m}_summary.json" 2>/dev/null
         ;;

@@ -96,7 +96,7 @@ def plan(files: list[Path], piece_bytes: int, fresh: frozenset[str] = frozenset(
         size = path.stat().st_size
         entry = {"name": path.name, "size": size, "sha256": _sha256(path), "parts": []}
         offset = 0
-        while offset < size or (size == 0 and not entry["parts"]):
+        while not entry["parts"] or offset < size:  # an empty file gets one empty part
             if room == 0:
                 manifest["pieces"].append(f"{len(manifest['pieces']):02d}")
                 room = piece_bytes
@@ -106,8 +106,6 @@ def plan(files: list[Path], piece_bytes: int, fresh: frozenset[str] = frozenset(
                                    "offset": offset, "size": n})  # fmt: skip
             offset += n
             room -= n
-            if size == 0:
-                break
         manifest["files"].append(entry)
     return manifest
 
